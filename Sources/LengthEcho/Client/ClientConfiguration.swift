@@ -1,0 +1,28 @@
+import NIOCore
+
+/// Where the client connects and how long it waits.
+public struct ClientConfiguration: Sendable {
+    /// A host name or an IPv4 or IPv6 address.
+    public var host: String = "127.0.0.1"
+    public var port: Int = 4000
+    public var connectTimeout: TimeAmount = .seconds(5)
+    public var replyTimeout: TimeAmount = .seconds(30)
+    /// Replies longer than this (without their NUL) are refused as invalid.
+    public var maximumReplyLength: Int = (1 << 20) + 32
+
+    public init(host: String = "127.0.0.1", port: Int = 4000) {
+        self.host = host
+        self.port = port
+    }
+}
+
+/// A valid reply that echoes the message sent.
+public struct EchoReply: Sendable, Equatable {
+    /// The reply as it came, without its NUL: `11 : test_string`.
+    public let bytes: [UInt8]
+    /// The message's length as the server stated it.
+    public let length: Int
+
+    /// The reply as text (invalid UTF-8 is replaced).
+    public var text: String { String(decoding: self.bytes, as: UTF8.self) }
+}

@@ -1,0 +1,180 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import NIOCore
+import NIOPosix
+
+/// A length-echo client: the tutorial's `socket()`, `connect()`, `write()` and `read()`.
+///
+/// It keeps one connection open and reuses it; when the server closes it after a reply (as the original C
+/// server does after every one), the next message goes over a new connection. Concurrent `send` calls are
+/// pipelined on the one connection and each gets its own reply.
+public actor LengthEchoClient {
+    public let configuration: ClientConfiguration
+    private let group: any EventLoopGroup
+    private var channel: (any Channel)?
+    /// True while the current connection has not yet delivered a reply.
+    private var fresh = true
+    private var connecting: Task<any Channel, any Error>?
+
+    public init(configuration: ClientConfiguration, group: (any EventLoopGroup)? = nil) {
+        self.configuration = configuration
+        self.group = group ?? MultiThreadedEventLoopGroup.singleton
+    }
+
+    /// Sends `message` and returns the server's reply once it has checked that the reply echoes it.
+    ///
+    /// - Throws: `LengthEchoError`: `.serverError` for an `error: ` reply, `.invalidReply` or
+    ///   `.replyMismatch` for a reply that is not the echo, and connection errors.
+    public func send(_ message: some Collection<UInt8>) async throws -> EchoReply {
+        let message = Array(message)
+        return try await self.send(batch: [message])[0]
+    }
+
+    /// Sends every message at once on one connection (pipelining) and returns their replies in order.
+    public func send(pipelined messages: [[UInt8]]) async throws -> [EchoReply] {
+        try await self.send(batch: messages)
+    }
+
+    private func send(batch messages: [[UInt8]]) async throws -> [EchoReply] {
+        if messages.contains(where: { $0.contains(0) }) { throw LengthEchoError.messageContainsNUL }
+        var retried = false
+        while true {
+            let channel = try await self.connection()
+            let reusing = !self.fresh
+            do {
+                let raw = try await Self.exchange(messages, on: channel, timeout: self.configuration.replyTimeout)
+                self.fresh = false
+                return try zip(messages, raw).map { message, reply in try Self.validate(reply, of: message) }
+            } catch LengthEchoError.closedBeforeReply where reusing && !retried {
+                // The server closed the connection after its last reply: send again on a new one.
+                retried = true
+                self.drop(channel)
+            } catch {
+                self.drop(channel)
+                throw error
+            }
+        }
+    }
+
+    /// Closes the connection.
+    public func close() async {
+        if let channel = self.channel {
+            self.channel = nil
+            try? await channel.close()
+        }
+    }
+
+    private func drop(_ channel: any Channel) {
+        if self.channel === channel {
+            self.channel = nil
+        }
+        channel.close(promise: nil)
+    }
+
+    private func connection() async throws -> any Channel {
+        if let channel = self.channel, channel.isActive { return channel }
+        if let connecting = self.connecting { return try await connecting.value }
+        let task = Task { [configuration, group] in try await Self.connect(configuration, group: group) }
+        self.connecting = task
+        defer { self.connecting = nil }
+        let channel = try await task.value
+        self.channel = channel
+        self.fresh = true
+        return channel
+    }
+
+    private static func connect(_ configuration: ClientConfiguration, group: any EventLoopGroup) async throws
+        -> any Channel
+    {
+        let maximumReplyLength = configuration.maximumReplyLength
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        LengthEchoClientHandler(maximumReplyLength: maximumReplyLength)
+                    )
+                }
+            }
+        do {
+            return try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            throw Self.explain(error, configuration)
+        }
+    }
+
+    /// Writes all of `messages` and flushes once; returns the raw replies in order.
+    private static func exchange(_ messages: [[UInt8]], on channel: any Channel, timeout: TimeAmount) async throws
+        -> [ByteBuffer]
+    {
+        let loop = channel.eventLoop
+        var replies: [EventLoopPromise<ByteBuffer>] = []
+        replies.reserveCapacity(messages.count)
+        for message in messages {
+            var bytes = channel.allocator.buffer(capacity: message.count + 1)
+            bytes.writeBytes(message)
+            bytes.writeInteger(UInt8(0))
+            let reply = loop.makePromise(of: ByteBuffer.self)
+            channel.write(ClientRequest(bytes: bytes, reply: reply)).whenFailure { _ in
+                reply.fail(LengthEchoError.closedBeforeReply)
+            }
+            replies.append(reply)
+        }
+        channel.flush()
+        let waiting = replies
+        let timer = loop.scheduleTask(in: timeout) {
+            // A promise already completed ignores this.
+            let error = LengthEchoError.replyTimeout(seconds: Double(timeout.nanoseconds) / 1e9)
+            for reply in waiting { reply.fail(error) }
+            channel.close(promise: nil)
+        }
+        defer { timer.cancel() }
+        return try await EventLoopFuture.whenAllSucceed(replies.map(\.futureResult), on: loop).get()
+    }
+
+    static func validate(_ raw: ByteBuffer, of message: [UInt8]) throws -> EchoReply {
+        let bytes = Array(raw.readableBytesView)
+        switch try ParsedReply(bytes: bytes) {
+        case .error(let reason):
+            throw LengthEchoError.serverError(reason)
+        case .echo(let length, let echoed):
+            guard echoed == message else {
+                throw LengthEchoError.replyMismatch(sent: message.count, echoed: echoed.count)
+            }
+            return EchoReply(bytes: bytes, length: length)
+        }
+    }
+
+    static func explain(_ error: any Error, _ configuration: ClientConfiguration) -> LengthEchoError {
+        let host = configuration.host
+        let port = configuration.port
+        if let error = error as? LengthEchoError { return error }
+        if case ChannelError.connectTimeout = error {
+            return .connectTimeout(host: host, port: port, seconds: Double(configuration.connectTimeout.nanoseconds) / 1e9)
+        }
+        var errnos: [Int32] = []
+        if let error = error as? IOError { errnos.append(error.errnoCode) }
+        if let error = error as? NIOConnectionError {
+            if error.connectionErrors.isEmpty, error.dnsAError != nil || error.dnsAAAAError != nil {
+                return .hostNotFound(host)
+            }
+            for failure in error.connectionErrors {
+                if let inner = failure.error as? IOError { errnos.append(inner.errnoCode) }
+                if case ChannelError.connectTimeout = failure.error {
+                    return .connectTimeout(
+                        host: host, port: port, seconds: Double(configuration.connectTimeout.nanoseconds) / 1e9)
+                }
+            }
+        }
+        if error is SocketAddressError { return .hostNotFound(host) }
+        if errnos.contains(ECONNREFUSED) { return .connectionRefused(host: host, port: port) }
+        if let first = errnos.first { return .connectFailed(host: host, port: port, reason: String(cString: strerror(first))) }
+        return .connectFailed(host: host, port: port, reason: "\(error)")
+    }
+}

@@ -1,0 +1,69 @@
+/// Everything that can go wrong in the length-echo protocol, server or client, each with the sentence a
+/// user should read.
+public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// More than `limit` bytes arrived without the NUL that ends a message.
+    case messageTooLarge(limit: Int)
+    /// A message to send contains a NUL byte, which the protocol uses as its terminator.
+    case messageContainsNUL
+    /// The server's reply is not `<length> : <message>` nor `error: <reason>`.
+    case invalidReply(String, reason: String)
+    /// The reply is well formed but does not echo the message that was sent.
+    case replyMismatch(sent: Int, echoed: Int)
+    /// The server answered `error: <reason>`.
+    case serverError(String)
+    /// The server closed the connection before it replied.
+    case closedBeforeReply
+    /// No reply within the reply timeout.
+    case replyTimeout(seconds: Double)
+    /// No connection within the connect timeout.
+    case connectTimeout(host: String, port: Int, seconds: Double)
+    /// Nothing listens on that port.
+    case connectionRefused(host: String, port: Int)
+    /// The host name did not resolve.
+    case hostNotFound(String)
+    /// Any other failure to connect, with the system's words.
+    case connectFailed(host: String, port: Int, reason: String)
+    /// The server could not listen on an address.
+    case bindFailed(host: String, port: Int, reason: String)
+
+    public var description: String {
+        switch self {
+        case .messageTooLarge(let limit):
+            return "message exceeds the \(limit)-byte limit"
+        case .messageContainsNUL:
+            return "a message cannot contain a NUL byte: the protocol uses NUL to end each message"
+        case .invalidReply(let bytes, let reason):
+            return "not a valid length-echo reply (\(reason)): \"\(bytes)\""
+        case .replyMismatch(let sent, let echoed):
+            return "the reply does not echo the message: sent \(sent) bytes, the server echoed \(echoed) different ones"
+                + (echoed < sent ? " (did the server truncate it? the original C server reads at most 1024 bytes)" : "")
+        case .serverError(let reason):
+            return "the server refused the message: \(reason)"
+        case .closedBeforeReply:
+            return "the server closed the connection before replying"
+        case .replyTimeout(let seconds):
+            return "no reply within \(Self.format(seconds)) s (see --reply-timeout)"
+        case .connectTimeout(let host, let port, let seconds):
+            return "could not connect to \(Self.format(host: host, port: port)) within \(Self.format(seconds)) s "
+                + "(see --connect-timeout): is the host reachable?"
+        case .connectionRefused(let host, let port):
+            return "connection refused by \(Self.format(host: host, port: port)): no server is running on port \(port) there "
+                + "(start one with `server --port \(port)`, or pass the right --host/--port)"
+        case .hostNotFound(let host):
+            return "host not found: \(host)"
+        case .connectFailed(let host, let port, let reason):
+            return "cannot connect to \(Self.format(host: host, port: port)): \(reason)"
+        case .bindFailed(let host, let port, let reason):
+            return "cannot listen on \(Self.format(host: host, port: port)): \(reason)"
+        }
+    }
+
+    static func format(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+    }
+
+    /// `host:port`, with IPv6 literals in brackets.
+    public static func format(host: String, port: Int) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+}

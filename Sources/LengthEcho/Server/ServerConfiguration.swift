@@ -1,0 +1,32 @@
+import Logging
+import NIOCore
+
+/// Everything the server can be told. The defaults are what `swift run server` does.
+public struct ServerConfiguration: Sendable {
+    /// The addresses to listen on. The default is every IPv4 address and, where the machine has IPv6,
+    /// every IPv6 address.
+    public var hosts: [String] = ServerConfiguration.allAddresses
+    /// The TCP port; 0 asks the system for a free one (see `LengthEchoServer.port`).
+    public var port: Int = 4000
+    /// The largest message accepted, in bytes, without its NUL. The original read at most 1024 bytes.
+    public var maximumMessageLength: Int = 1 << 20
+    /// A connection that sends nothing for this long is closed; one stalled mid-message is told why first.
+    public var idleTimeout: TimeAmount = .seconds(60)
+    /// Connections beyond this many are answered `error: server busy` and closed.
+    public var maximumConnections: Int = 10_000
+    /// On shutdown, how long connections get to finish the message they are sending.
+    public var drainTimeout: TimeAmount = .seconds(10)
+    /// The listen backlog.
+    public var backlog: Int32 = 4096
+    /// Event-loop threads; the default is one per core.
+    public var threads: Int = System.coreCount
+    /// Called on the connection's event loop with each message received (the executable prints it).
+    public var onMessage: (@Sendable (ByteBuffer) -> Void)?
+    /// Diagnostics: connection errors, timeouts, refusals.
+    public var logger: Logger = Logger(label: "length-echo.server")
+
+    /// `0.0.0.0` and `::`.
+    public static let allAddresses = ["0.0.0.0", "::"]
+
+    public init() {}
+}

@@ -1,0 +1,288 @@
+import Logging
+import NIOCore
+
+/// One connection's side of the protocol: the tutorial's `read()` and `write()`, made real.
+///
+/// Bytes are framed by NUL, not by `read()`, so messages may be split or joined any way TCP likes. Each
+/// complete message is answered in order; the replies of one read burst go out in one write, flushed when
+/// the burst ends. The connection stays open for the next message until the client closes it, so clients
+/// may pipeline. Slow readers are handled by backpressure: while the socket cannot take more replies, the
+/// handler stops reading.
+final class LengthEchoServerHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        /// Reading messages and answering them.
+        case serving
+        /// The last replies are being written; the connection closes once they are out.
+        case closing
+        /// An error reply was sent and the write side shut; further input is discarded until close.
+        case rejecting
+    }
+
+    /// Replies are flushed early when a burst of pipelined messages produces this many bytes.
+    private static let batchLimit = 64 * 1024
+    /// After an error reply, how long input is discarded so the client can read the error.
+    private static let lingerTime: TimeAmount = .seconds(2)
+
+    private var state = State.serving
+    private var framer: MessageFramer
+    /// Bytes received but not yet framed: empty between messages, so an idle connection holds no buffer.
+    private var pending: ByteBuffer
+    /// Replies produced in the current read burst, written when it ends.
+    private var replies: ByteBuffer
+    private let empty: ByteBuffer
+    private let idleTimeout: TimeAmount
+    private var lastActivity = NIODeadline.now()
+    private var idleTimer: Scheduled<Void>?
+    private var lingerTimer: Scheduled<Void>?
+    private var readHeld = false
+    private var draining = false
+    private let onMessage: (@Sendable (ByteBuffer) -> Void)?
+    private let logger: Logger
+
+    init(configuration: ServerConfiguration, allocator: ByteBufferAllocator) {
+        self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength)
+        self.empty = allocator.buffer(capacity: 0)
+        self.pending = self.empty
+        self.replies = self.empty
+        self.idleTimeout = configuration.idleTimeout
+        self.onMessage = configuration.onMessage
+        self.logger = configuration.logger
+    }
+
+    // MARK: accept: the connection starts
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.startIdleTimer(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if self.idleTimer == nil { self.startIdleTimer(context: context) }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.idleTimer?.cancel()
+        self.lingerTimer?.cancel()
+        self.idleTimer = nil
+        self.lingerTimer = nil
+        self.pending = self.empty
+        context.fireChannelInactive()
+    }
+
+    // MARK: read: frame and answer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .serving = self.state else { return }  // rejecting or closing: input is discarded
+        var bytes = self.unwrapInboundIn(data)
+        self.lastActivity = .now()
+        if self.pending.readableBytes == 0 {
+            self.pending = bytes  // no copy: messages are sliced straight out of the read buffer
+            self.framer.reset()
+        } else {
+            self.pending.writeBuffer(&bytes)
+        }
+        while true {
+            let message: ByteBuffer?
+            do {
+                message = try self.framer.nextMessage(in: &self.pending)
+            } catch {
+                self.reject(context: context, reason: error.description)
+                return
+            }
+            guard let message else { break }
+            self.answer(message, context: context)
+        }
+        if self.pending.readableBytes == 0 {
+            self.pending = self.empty  // let the read buffer go
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if case .serving = self.state {
+            if self.draining && self.pending.readableBytes == 0 {
+                self.closeAfterReplies(context: context)
+            } else {
+                self.flushReplies(context: context)
+            }
+        }
+        context.fireChannelReadComplete()
+    }
+
+    private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
+        self.onMessage?(message)
+        Reply.write(echoOf: message, into: &self.replies)
+        if self.replies.readableBytes >= Self.batchLimit {
+            self.flushReplies(context: context)
+        }
+    }
+
+    // MARK: write: replies and backpressure
+
+    private func flushReplies(context: ChannelHandlerContext) {
+        guard self.replies.readableBytes > 0 else { return }
+        let out = self.replies
+        self.replies = self.empty
+        context.writeAndFlush(self.wrapOutboundOut(out), promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        // While the peer is not reading its replies, stop reading its messages.
+        guard context.channel.isWritable else {
+            self.readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && self.readHeld {
+            self.readHeld = false
+            self.lastActivity = .now()
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: close
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            self.peerFinishedSending(context: context)
+        } else if event is DrainEvent {
+            self.draining = true
+            if case .serving = self.state, self.pending.readableBytes == 0 {
+                self.closeAfterReplies(context: context)
+            }
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    /// The client half-closed: what is left unterminated is its last message. Answer, then close.
+    private func peerFinishedSending(context: ChannelHandlerContext) {
+        switch self.state {
+        case .serving:
+            do {
+                if let message = try self.framer.finalMessage(in: &self.pending) {
+                    self.answer(message, context: context)
+                }
+            } catch {
+                self.reject(context: context, reason: error.description)
+                return
+            }
+            self.closeAfterReplies(context: context)
+        case .rejecting:
+            context.close(promise: nil)
+        case .closing:
+            break
+        }
+    }
+
+    /// Writes what replies are left and closes once they are on the wire.
+    private func closeAfterReplies(context: ChannelHandlerContext) {
+        self.state = .closing
+        self.idleTimer?.cancel()
+        let out = self.replies
+        self.replies = self.empty
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(self.wrapOutboundOut(out), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    /// Answers `error: <reason>` and closes so that the error arrives even while the client is still
+    /// sending: shut our write side, discard input for a while, then close. Closing at once would make the
+    /// kernel answer the unread input with a reset, which can destroy the error before the client reads it.
+    private func reject(context: ChannelHandlerContext, reason: String) {
+        self.state = .rejecting
+        self.idleTimer?.cancel()
+        self.pending = self.empty
+        self.logger.notice(
+            "closing connection: \(reason)",
+            metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
+        )
+        Reply.write(error: reason, into: &self.replies)
+        let out = self.replies
+        self.replies = self.empty
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(self.wrapOutboundOut(out), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in
+            context.close(mode: .output, promise: nil)
+        }
+        self.lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerTime) {
+            context.close(promise: nil)
+        }
+        if self.readHeld {
+            self.readHeld = false
+            context.read()
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.logger.info(
+            "connection error: \(error)",
+            metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
+        )
+        context.close(promise: nil)
+    }
+
+    // MARK: timeouts
+
+    private func startIdleTimer(context: ChannelHandlerContext) {
+        self.lastActivity = .now()
+        self.scheduleIdleCheck(context: context, at: self.lastActivity + self.idleTimeout)
+    }
+
+    private func scheduleIdleCheck(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.idleCheck(context: context)
+        }
+    }
+
+    /// The timer is not moved on every read; it checks when it fires whether the connection was really idle.
+    private func idleCheck(context: ChannelHandlerContext) {
+        guard case .serving = self.state else { return }
+        let deadline = self.lastActivity + self.idleTimeout
+        if deadline > .now() {
+            self.scheduleIdleCheck(context: context, at: deadline)
+            return
+        }
+        let seconds = Double(self.idleTimeout.nanoseconds) / 1e9
+        if self.pending.readableBytes > 0 {
+            self.reject(
+                context: context,
+                reason: "timed out: the message was not finished within \(LengthEchoError.format(seconds)) s"
+            )
+        } else {
+            self.logger.debug("closing idle connection after \(LengthEchoError.format(seconds)) s")
+            self.closeAfterReplies(context: context)
+        }
+    }
+}
+
+/// Answers a connection over the server's limit with one error line, then closes it.
+final class BusyRejectHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 96)
+        Reply.write(error: "server busy: \(self.limit) connections are open, the limit; try again later", into: &buffer)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(self.wrapOutboundOut(buffer), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}

@@ -1,0 +1,163 @@
+import ArgumentParser
+import Dispatch
+import LengthEcho
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@main
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "The length-echo server: answers each NUL-terminated message with `<length> : <message>`.",
+        discussion: """
+            Prints `receive: <message>` for each message, as the original C server does (control bytes \
+            escaped). SIGINT or SIGTERM drains: no new connections, messages already received are answered, \
+            then it exits 0.
+            """
+    )
+
+    @Option(name: .long, help: "An address to listen on; repeat for several. (default: 0.0.0.0 and ::)")
+    var host: [String] = []
+
+    @Option(name: .long, help: "The TCP port; 0 picks a free one and prints it.")
+    var port: Int = 4000
+
+    @Option(name: .customLong("max-message"), help: "The largest message accepted, in bytes.")
+    var maxMessage: Int = 1 << 20
+
+    @Option(name: .customLong("idle-timeout"), help: "Seconds a connection may stay silent before it is closed.")
+    var idleTimeout: Double = 60
+
+    @Option(name: .customLong("max-connections"), help: "Connections beyond this many are refused.")
+    var maxConnections: Int = 10_000
+
+    @Option(name: .customLong("drain-timeout"), help: "Seconds to finish open messages on SIGINT/SIGTERM.")
+    var drainTimeout: Double = 10
+
+    @Option(name: .long, help: "Event-loop threads. (default: one per core)")
+    var threads: Int = System.coreCount
+
+    @Flag(name: .shortAndLong, help: "Do not print `receive:` lines.")
+    var quiet = false
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535") }
+        guard self.maxMessage >= 0 else { throw ValidationError("--max-message must not be negative") }
+        guard self.idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
+        guard self.drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
+        guard self.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
+        guard self.threads > 0 else { throw ValidationError("--threads must be positive") }
+    }
+
+    func run() async throws {
+        let level = self.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var configuration = ServerConfiguration()
+        if !self.host.isEmpty { configuration.hosts = self.host }
+        configuration.port = self.port
+        configuration.maximumMessageLength = self.maxMessage
+        configuration.idleTimeout = .nanoseconds(Int64(self.idleTimeout * 1e9))
+        configuration.maximumConnections = self.maxConnections
+        configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
+        configuration.threads = self.threads
+        if !self.quiet {
+            configuration.onMessage = { message in ReceiveLog.print(message) }
+        }
+
+        let signals = SignalWaiter(SIGINT, SIGTERM)
+        let server: LengthEchoServer
+        do {
+            server = try await LengthEchoServer.start(configuration: configuration)
+        } catch {
+            Standard.error("server: \(error)")
+            throw ExitCode.failure
+        }
+        let addresses = server.localAddresses.map { LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0) }
+        Standard.error("server: listening on \(addresses.joined(separator: " and ")) (plaintext)")
+
+        let signal = await signals.next()
+        Standard.error("server: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
+        Task {
+            _ = await signals.next()
+            Standard.error("server: second signal, exiting now")
+            Glibc.exit(130)
+        }
+        await server.shutdown()
+        Standard.error("server: stopped")
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// The original's `receive: <message>` line, one `write()` per line so lines from many threads never mix.
+enum ReceiveLog {
+    static func print(_ message: ByteBuffer) {
+        var line: [UInt8] = Array("receive: ".utf8)
+        line.reserveCapacity(message.readableBytes + 16)
+        message.withUnsafeReadableBytes { bytes in
+            Escaping.appendPrintable(UnsafeBufferPointer(start: bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), count: bytes.count), to: &line)
+        }
+        line.append(UInt8(ascii: "\n"))
+        Standard.write(line, to: 1)
+    }
+}
+
+enum Standard {
+    static func error(_ text: String) {
+        Self.write(Array((text + "\n").utf8), to: 2)
+    }
+
+    static func write(_ bytes: [UInt8], to fd: Int32) {
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n <= 0 {
+                    if n < 0 && errno == EINTR { continue }
+                    return
+                }
+                offset += n
+            }
+        }
+    }
+}
+
+/// Turns SIGINT and SIGTERM into something to await.
+///
+/// `@unchecked`: the dispatch sources are only kept alive here, never touched after `init`.
+final class SignalWaiter: @unchecked Sendable {
+    private let stream: AsyncStream<Int32>
+    private let sources: [any DispatchSourceSignal]
+
+    init(_ signals: Int32...) {
+        let (stream, continuation) = AsyncStream<Int32>.makeStream()
+        self.stream = stream
+        self.sources = signals.map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { continuation.yield(number) }
+            source.resume()
+            return source
+        }
+    }
+
+    func next() async -> Int32 {
+        var iterator = self.stream.makeAsyncIterator()
+        return await iterator.next() ?? SIGTERM
+    }
+}
