@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+
+@Suite("The server and client executables", .timeLimit(.minutes(1)))
+struct CommandLineTests {
+    /// Starts `server` on a free port and returns it with the port it printed.
+    private func startServer(_ extra: [String] = []) async throws -> (Executable, Int) {
+        let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0"] + extra)
+        await server.wait { $0.stderr.contains("listening on") || !$0.process.isRunning }
+        let line = try #require(server.stderr.split(separator: "\n").first { $0.contains("listening on") })
+        let port = try #require(line.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
+        return (server, port)
+    }
+
+    @Test("`client test_string` prints `11 : test_string`; the server prints `receive: test_string`")
+    func demo() async throws {
+        let (server, port) = try await self.startServer()
+        let client = try Executable("client", ["--port", "\(port)", "test_string"])
+        #expect(await client.exitStatus() == 0)
+        #expect(client.stdout == "11 : test_string\n")
+        await server.wait { $0.stdout.contains("receive: test_string\n") }
+        let many = try Executable("client", ["--port", "\(port)", "a", "안녕", "-"], stdin: Data("from stdin\nline two\n".utf8))
+        #expect(await many.exitStatus() == 0)
+        #expect(many.stdout == "1 : a\n6 : 안녕\n10 : from stdin\n8 : line two\n")
+        let forged = try Executable("client", ["--port", "\(port)", "x\nreceive: forged"])
+        #expect(await forged.exitStatus() == 0)
+        await server.wait { $0.stdout.contains("receive: x\\nreceive: forged\n") }
+        server.terminate(signal: SIGTERM)
+        #expect(await server.exitStatus() == 0)
+    }
+
+    @Test("--quiet stops the receive lines")
+    func quiet() async throws {
+        let (server, port) = try await self.startServer(["--quiet"])
+        let client = try Executable("client", ["--port", "\(port)", "hush"])
+        #expect(await client.exitStatus() == 0)
+        server.terminate(signal: SIGINT)
+        #expect(await server.exitStatus() == 0)
+        #expect(server.stdout.isEmpty)
+    }
+
+    @Test("a port in use is one clear line and a non-zero exit")
+    func portInUse() async throws {
+        let (server, port) = try await self.startServer()
+        let second = try Executable("server", ["--host", "127.0.0.1", "--port", "\(port)"])
+        #expect(await second.exitStatus() != 0)
+        #expect(second.stderr.contains("port \(port) is already in use"))
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+    }
+
+    @Test("a refused connection says no server is running there; a server error exits non-zero")
+    func clientErrors() async throws {
+        let (server, port) = try await self.startServer(["--max-message", "4"])
+        let tooLong = try Executable("client", ["--port", "\(port)", "too long"])
+        #expect(await tooLong.exitStatus() == 1)
+        #expect(tooLong.stderr == "client: the server refused the message: message exceeds the 4-byte limit\n")
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+        let refused = try Executable("client", ["--port", "\(port)", "x"])
+        #expect(await refused.exitStatus() == 1)
+        #expect(refused.stderr.contains("no server is running on port \(port)"))
+        let badFlag = try Executable("server", ["--port", "70000"])
+        #expect(await badFlag.exitStatus() != 0)
+        #expect(badFlag.stderr.contains("--port"))
+    }
+}

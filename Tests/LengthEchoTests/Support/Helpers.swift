@@ -1,0 +1,29 @@
+import Foundation
+import LengthEcho
+import Logging
+import NIOCore
+import Testing
+
+/// A server on 127.0.0.1 and a port the system picked, quiet unless a test asks otherwise.
+func startServer(_ configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> LengthEchoServer {
+    var configuration = ServerConfiguration()
+    configuration.hosts = ["127.0.0.1"]
+    configuration.port = 0
+    configuration.threads = 2
+    var logger = Logger(label: "test-server")
+    logger.logLevel = .critical
+    configuration.logger = logger
+    configure(&configuration)
+    return try await LengthEchoServer.start(configuration: configuration)
+}
+
+func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+/// Runs blocking socket code off the cooperative pool.
+func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            continuation.resume(with: Result { try body() })
+        }.start()
+    }
+}

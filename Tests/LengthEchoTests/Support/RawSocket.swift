@@ -1,0 +1,180 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// A blocking BSD socket, used to speak to the server exactly as the original C client does (and to behave
+/// badly on purpose). Every call is bounded by send and receive timeouts.
+final class RawSocket: @unchecked Sendable {
+    let fd: Int32
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    init(fd: Int32) {
+        self.fd = fd
+    }
+
+    /// `socket()` and `connect()` to 127.0.0.1 (or ::1), with every later read and write bounded.
+    static func connect(port: Int, ipv6: Bool = false, timeout: Double = 10) throws -> RawSocket {
+        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw Failure(description: "socket: \(errno)") }
+        let socket = RawSocket(fd: fd)
+        socket.setTimeouts(timeout)
+        var result: Int32
+        if ipv6 {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = in_port_t(UInt16(port).bigEndian)
+            address.sin6_addr = in6addr_loopback
+            result = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            result = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        guard result == 0 else { throw Failure(description: "connect: \(String(cString: strerror(errno)))") }
+        return socket
+    }
+
+    func setTimeouts(_ seconds: Double) {
+        var value = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1e6))
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(self.fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func setNoDelay() {
+        var one: Int32 = 1
+        setsockopt(self.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Writes every byte, or throws.
+    func write(_ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Failure(description: "write: \(String(cString: strerror(errno)))")
+            }
+            offset += n
+        }
+    }
+
+    func write(_ text: String) throws {
+        try self.write(Array(text.utf8))
+    }
+
+    /// One `read()`: the bytes it returned, empty at end of stream.
+    func readOnce(max: Int = 65536) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: max)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.recv(self.fd, $0.baseAddress, max, 0) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Failure(description: "read: \(String(cString: strerror(errno)))")
+            }
+            return Array(buffer[0..<n])
+        }
+    }
+
+    /// Reads until a NUL (returned without it), as the C client does; nil if the stream ends first.
+    func readReply() throws -> [UInt8]? {
+        var reply: [UInt8] = []
+        var byte: UInt8 = 0
+        while true {
+            let n = Glibc.recv(self.fd, &byte, 1, 0)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Failure(description: "read: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { return nil }
+            if byte == 0 { return reply }
+            reply.append(byte)
+        }
+    }
+
+    func readReplyText() throws -> String? {
+        try self.readReply().map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Reads everything until the server closes.
+    func readToEnd() throws -> [UInt8] {
+        var all: [UInt8] = []
+        while true {
+            let chunk = try self.readOnce()
+            if chunk.isEmpty { return all }
+            all += chunk
+        }
+    }
+
+    func shutdownWrite() {
+        Glibc.shutdown(self.fd, Int32(SHUT_WR))
+    }
+
+    deinit {
+        Glibc.close(self.fd)
+    }
+}
+
+/// A server that behaves as the original C tutorial server does: one client at a time, one `read()` into a
+/// 1024-byte buffer, a reply of `strlen` then the message, then `close()`.
+final class OriginalStyleServer: @unchecked Sendable {
+    let port: Int
+    private let fd: Int32
+    private let lock = NSLock()
+    private var _accepted = 0
+    var accepted: Int { self.lock.withLock { self._accepted } }
+
+    /// - Parameter terminate: whether the reply ends with a NUL (the original's does when it writes
+    ///   strlen+1 bytes) or only with the close.
+    init(connections: Int, terminate: Bool) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 16) == 0 else { throw RawSocket.Failure(description: "bind/listen failed") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: address.sin_port))
+        let thread = Thread { [self] in
+            for _ in 0..<connections {
+                let client = accept(fd, nil, nil)
+                guard client >= 0 else { return }
+                self.lock.withLock { self._accepted += 1 }
+                var buffer = [UInt8](repeating: 0, count: 1024)
+                let n = read(client, &buffer, 1023)
+                if n > 0 {
+                    let message = String(decoding: buffer.prefix(while: { $0 != 0 }), as: UTF8.self)
+                    var reply = Array("\(message.utf8.count) : \(message)".utf8)
+                    if terminate { reply.append(0) }
+                    _ = reply.withUnsafeBytes { Glibc.write(client, $0.baseAddress, $0.count) }
+                }
+                Glibc.close(client)
+            }
+        }
+        thread.start()
+    }
+
+    deinit {
+        Glibc.close(self.fd)
+    }
+}
