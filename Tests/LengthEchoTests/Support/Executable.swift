@@ -33,12 +33,20 @@ final class Executable: Sendable {
         process.standardInput = input
         out.fileHandleForReading.readabilityHandler = { [output, notify] handle in
             let data = handle.availableData
-            output.state.withLock { $0.stdout += data }
+            output.state.withLock {
+                $0.stdout += data
+                if data.isEmpty { $0.ended += 1 }
+            }
+            if data.isEmpty { handle.readabilityHandler = nil }
             notify.yield()
         }
         err.fileHandleForReading.readabilityHandler = { [output, notify] handle in
             let data = handle.availableData
-            output.state.withLock { $0.stderr += data }
+            output.state.withLock {
+                $0.stderr += data
+                if data.isEmpty { $0.ended += 1 }
+            }
+            if data.isEmpty { handle.readabilityHandler = nil }
             notify.yield()
         }
         process.terminationHandler = { _ in notify.yield() }
@@ -59,9 +67,9 @@ final class Executable: Sendable {
         }
     }
 
-    /// Waits for the process to exit and for its output to be read; returns its status.
+    /// Waits for the process to exit and for all its output to be read; returns its status.
     func exitStatus() async -> Int32 {
-        await self.wait { !$0.process.isRunning }
+        await self.wait { !$0.process.isRunning && $0.output.state.withLock { $0.ended == 2 } }
         self.process.waitUntilExit()
         return self.process.terminationStatus
     }
@@ -76,5 +84,5 @@ final class Executable: Sendable {
 }
 
 final class Captured: Sendable {
-    let state = Mutex<(stdout: [UInt8], stderr: [UInt8])>(([], []))
+    let state = Mutex<(stdout: [UInt8], stderr: [UInt8], ended: Int)>(([], [], 0))
 }
