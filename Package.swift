@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .executable(name: "server", targets: ["server"]),
         .executable(name: "client", targets: ["client"]),
-        .library(name: "LengthEcho", targets: ["LengthEcho"]),
+        .library(name: "LengthEcho", targets: ["LengthEcho", "LengthEchoTLS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -21,10 +21,20 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
+        // The TLS layer: an owned SSL_CTX per role and one NIO handler driving OpenSSL through memory BIOs.
+        .target(
+            name: "LengthEchoTLS",
+            dependencies: [
+                "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Protocol, server and client: the length-echo library the executables are thin over.
         .target(
             name: "LengthEcho",
             dependencies: [
+                "LengthEchoTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -50,6 +60,7 @@ let package = Package(
             name: "LengthEchoTests",
             dependencies: [
                 "LengthEcho",
+                "LengthEchoTLS",
                 "server",
                 "client",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -48,6 +48,7 @@ static inline long shim_SSL_MODE_ENABLE_PARTIAL_WRITE(void) { return SSL_MODE_EN
 static inline long shim_SSL_SESS_CACHE_SERVER(void) { return SSL_SESS_CACHE_SERVER; }
 static inline long shim_SSL_SESS_CACHE_CLIENT(void) { return SSL_SESS_CACHE_CLIENT; }
 
+static inline unsigned long shim_XN_FLAG_ONELINE(void) { return XN_FLAG_ONELINE; }
 static inline int shim_ERR_GET_LIB(unsigned long e) { return ERR_GET_LIB(e); }
 static inline int shim_ERR_GET_REASON(unsigned long e) { return ERR_GET_REASON(e); }
 

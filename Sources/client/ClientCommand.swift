@@ -1,5 +1,6 @@
 import ArgumentParser
 import LengthEcho
+import LengthEchoTLS
 import NIOCore
 
 #if canImport(Glibc)
@@ -36,7 +37,37 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(name: .customLong("reply-timeout"), help: "Seconds to wait for each reply.")
     var replyTimeout: Double = 30
 
+    @Flag(name: .long, help: "Speak TLS. The server's certificate chain and name are always verified.")
+    var tls = false
+
+    @Option(name: .long, help: "With --tls: the CA certificates to trust, PEM. (default: the system's trust store)")
+    var ca: String?
+
+    @Option(name: .long, help: "With --tls: a client certificate chain for mutual TLS, PEM.")
+    var cert: String?
+
+    @Option(name: .long, help: "With --tls: the client certificate's private key, PEM.")
+    var key: String?
+
+    @Option(name: .customLong("server-name"), help: "With --tls: the name to send (SNI) and verify, instead of --host.")
+    var serverName: String?
+
+    @Option(name: .customLong("tls-min"), help: "With --tls: the oldest TLS version to offer, 1.2 or 1.3.")
+    var tlsMin: TLSVersion = .tls12
+
+    @Option(name: .customLong("tls-max"), help: "With --tls: the newest TLS version to offer, 1.2 or 1.3.")
+    var tlsMax: TLSVersion = .tls13
+
+    @Flag(name: .long, help: "With --tls: do not verify the server's certificate or name. Unsafe; for debugging only.")
+    var insecure = false
+
+    @Flag(name: .shortAndLong, help: "With --tls: print the TLS version, cipher and server certificate on stderr.")
+    var verbose = false
+
     func validate() throws {
+        if !self.tls, self.ca != nil || self.cert != nil || self.key != nil || self.serverName != nil || self.insecure {
+            throw ValidationError("--ca, --cert, --key, --server-name and --insecure need --tls")
+        }
         guard !self.messages.isEmpty else { throw ValidationError("give at least one message, or - to read stdin") }
         guard (1...65535).contains(self.port) else { throw ValidationError("--port must be 1...65535") }
         guard self.connectTimeout > 0, self.replyTimeout > 0 else { throw ValidationError("timeouts must be positive") }
@@ -46,6 +77,25 @@ struct ClientCommand: AsyncParsableCommand {
         var configuration = ClientConfiguration(host: self.host, port: self.port)
         configuration.connectTimeout = .nanoseconds(Int64(self.connectTimeout * 1e9))
         configuration.replyTimeout = .nanoseconds(Int64(self.replyTimeout * 1e9))
+        if self.tls {
+            if self.insecure {
+                Self.printError("client: warning: --insecure: the server's certificate is NOT verified; anyone on the path can read and change this traffic")
+            }
+            do {
+                configuration.tls = try TLSContext.client(
+                    trustRoots: self.ca.map(TrustRoots.file) ?? .system,
+                    certificateChain: self.cert,
+                    privateKey: self.key,
+                    minimumVersion: self.tlsMin,
+                    maximumVersion: self.tlsMax,
+                    verify: !self.insecure
+                )
+            } catch {
+                Self.printError("client: \(error)")
+                throw ExitCode.failure
+            }
+            configuration.serverName = self.serverName
+        }
         let client = LengthEchoClient(configuration: configuration)
         defer { Task { await client.close() } }
         do {
@@ -59,15 +109,25 @@ struct ClientCommand: AsyncParsableCommand {
                 }
             }
         } catch {
-            let text = "client: \(error)\n"
-            _ = text.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+            Self.printError("client: \(error)")
             throw ExitCode.failure
         }
         await client.close()
     }
 
+    static func printError(_ text: String) {
+        let line = text + "\n"
+        _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+    }
+
     private func exchange(_ message: [UInt8], client: LengthEchoClient) async throws {
         let reply = try await client.send(message)
+        if self.verbose, let info = await client.tlsInfo, await client.takeNewConnectionFlag() {
+            Self.printError(
+                "client: \(info.version), \(info.cipher)\(info.resumed ? ", resumed" : ""); server certificate: "
+                    + "\(info.peerSubject ?? "none"), expires \(info.peerNotAfter ?? "?")"
+            )
+        }
         var line = reply.bytes
         line.append(UInt8(ascii: "\n"))
         line.withUnsafeBytes { raw in
@@ -80,3 +140,5 @@ struct ClientCommand: AsyncParsableCommand {
         }
     }
 }
+
+extension TLSVersion: ExpressibleByArgument {}

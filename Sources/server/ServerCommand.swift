@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import LengthEcho
+import LengthEchoTLS
 import Logging
 import NIOCore
 
@@ -45,6 +46,27 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Event-loop threads. (default: one per core)")
     var threads: Int = System.coreCount
 
+    @Flag(name: .long, help: "Speak TLS (from the system OpenSSL) instead of plaintext.")
+    var tls = false
+
+    @Option(name: .long, help: "With --tls: the certificate chain, PEM. (default: certs/server.pem)")
+    var cert: String?
+
+    @Option(name: .long, help: "With --tls: the certificate's private key, PEM, unencrypted. (default: certs/server.key)")
+    var key: String?
+
+    @Option(name: .customLong("client-ca"), help: "With --tls: the CA that signs client certificates (mutual TLS).")
+    var clientCA: String?
+
+    @Option(name: .customLong("client-auth"), help: "With --tls: none, optional or required.")
+    var clientAuth: ClientAuthentication = .none
+
+    @Option(name: .customLong("tls-min"), help: "With --tls: the oldest TLS version accepted, 1.2 or 1.3.")
+    var tlsMin: TLSVersion = .tls12
+
+    @Option(name: .customLong("handshake-timeout"), help: "With --tls: seconds a client has to finish its handshake.")
+    var handshakeTimeout: Double = 10
+
     @Flag(name: .shortAndLong, help: "Do not print `receive:` lines.")
     var quiet = false
 
@@ -58,6 +80,13 @@ struct ServerCommand: AsyncParsableCommand {
         guard self.drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
         guard self.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         guard self.threads > 0 else { throw ValidationError("--threads must be positive") }
+        guard self.handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be positive") }
+        if !self.tls, self.cert != nil || self.key != nil || self.clientCA != nil || self.clientAuth != .none {
+            throw ValidationError("--cert, --key, --client-ca and --client-auth need --tls")
+        }
+        if self.clientCA != nil && self.clientAuth == .none {
+            throw ValidationError("--client-ca needs --client-auth optional or required")
+        }
     }
 
     func run() async throws {
@@ -75,6 +104,22 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.maximumConnections = self.maxConnections
         configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
         configuration.threads = self.threads
+        configuration.handshakeTimeout = .nanoseconds(Int64(self.handshakeTimeout * 1e9))
+        if self.tls {
+            do {
+                configuration.tls = try TLSContext.server(
+                    certificateChain: self.cert ?? "certs/server.pem",
+                    privateKey: self.key ?? "certs/server.key",
+                    clientCA: self.clientCA,
+                    clientAuthentication: self.clientAuth,
+                    minimumVersion: self.tlsMin
+                )
+            } catch {
+                Standard.error("server: \(error)")
+                if self.cert == nil { Standard.error("server: (make test certificates with scripts/gen-certs.sh)") }
+                throw ExitCode.failure
+            }
+        }
         if !self.quiet {
             configuration.onMessage = { message in ReceiveLog.print(message) }
         }
@@ -88,7 +133,7 @@ struct ServerCommand: AsyncParsableCommand {
             throw ExitCode.failure
         }
         let addresses = server.localAddresses.map { LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0) }
-        Standard.error("server: listening on \(addresses.joined(separator: " and ")) (plaintext)")
+        Standard.error("server: listening on \(addresses.joined(separator: " and ")) (\(self.tls ? "TLS \(self.tlsMin.rawValue)+" + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)") : "plaintext"))")
 
         let signal = await signals.next()
         Standard.error("server: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
@@ -103,6 +148,8 @@ struct ServerCommand: AsyncParsableCommand {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension TLSVersion: ExpressibleByArgument {}
+extension ClientAuthentication: ExpressibleByArgument {}
 
 /// The original's `receive: <message>` line, one `write()` per line so lines from many threads never mix.
 enum ReceiveLog {

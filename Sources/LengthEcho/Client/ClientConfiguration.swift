@@ -1,3 +1,4 @@
+import LengthEchoTLS
 import NIOCore
 
 /// Where the client connects and how long it waits.
@@ -7,6 +8,11 @@ public struct ClientConfiguration: Sendable {
     public var port: Int = 4000
     public var connectTimeout: TimeAmount = .seconds(5)
     public var replyTimeout: TimeAmount = .seconds(30)
+    /// TLS when set: the context says what is trusted and whether a client certificate is presented.
+    public var tls: TLSContext?
+    /// The name sent as SNI and verified against the certificate; by default, `host`.
+    public var serverName: String?
+    public var handshakeTimeout: TimeAmount = .seconds(10)
     /// Replies longer than this (without their NUL) are refused as invalid.
     public var maximumReplyLength: Int = (1 << 20) + 32
 

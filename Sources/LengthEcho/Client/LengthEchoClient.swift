@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import LengthEchoTLS
 import NIOCore
 import NIOPosix
 
@@ -19,7 +20,16 @@ public actor LengthEchoClient {
     private var channel: (any Channel)?
     /// True while the current connection has not yet delivered a reply.
     private var fresh = true
-    private var connecting: Task<any Channel, any Error>?
+    private var connecting: Task<(any Channel, TLSConnectionInfo?), any Error>?
+    /// What the last TLS handshake agreed on (nil for plaintext).
+    public private(set) var tlsInfo: TLSConnectionInfo?
+    private var connectedSinceAsked = false
+
+    /// True once after each new connection: lets a caller report each handshake once.
+    public func takeNewConnectionFlag() -> Bool {
+        defer { self.connectedSinceAsked = false }
+        return self.connectedSinceAsked
+    }
 
     public init(configuration: ClientConfiguration, group: (any EventLoopGroup)? = nil) {
         self.configuration = configuration
@@ -78,34 +88,59 @@ public actor LengthEchoClient {
 
     private func connection() async throws -> any Channel {
         if let channel = self.channel, channel.isActive { return channel }
-        if let connecting = self.connecting { return try await connecting.value }
+        if let connecting = self.connecting { return try await connecting.value.0 }
         let task = Task { [configuration, group] in try await Self.connect(configuration, group: group) }
         self.connecting = task
         defer { self.connecting = nil }
-        let channel = try await task.value
+        let (channel, info) = try await task.value
         self.channel = channel
+        self.tlsInfo = info
+        self.connectedSinceAsked = true
         self.fresh = true
         return channel
     }
 
+    /// `connect()`, then the TLS handshake when TLS is on: a connection is returned ready for messages.
     private static func connect(_ configuration: ClientConfiguration, group: any EventLoopGroup) async throws
-        -> any Channel
+        -> (any Channel, TLSConnectionInfo?)
     {
         let maximumReplyLength = configuration.maximumReplyLength
-        let bootstrap = ClientBootstrap(group: group)
+        let loop = group.next()
+        let handshake = configuration.tls == nil ? nil : loop.makePromise(of: TLSConnectionInfo.self)
+        let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls = configuration.tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            TLSHandler(
+                                context: tls,
+                                expectedHost: configuration.serverName ?? configuration.host,
+                                handshakeTimeout: configuration.handshakeTimeout,
+                                handshakeCompleted: handshake
+                            )
+                        )
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         LengthEchoClientHandler(maximumReplyLength: maximumReplyLength)
                     )
                 }
             }
+        let channel: any Channel
         do {
-            return try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
         } catch {
+            handshake?.fail(error)
+            if error is TLSError { throw error }
             throw Self.explain(error, configuration)
+        }
+        guard let handshake else { return (channel, nil) }
+        do {
+            return (channel, try await handshake.futureResult.get())
+        } catch {
+            channel.close(promise: nil)
+            throw error
         }
     }
 

@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import LengthEchoTLS
 import Logging
 import NIOCore
 import NIOPosix
@@ -125,6 +126,11 @@ public final class LengthEchoServer: Sendable {
                     }
                 }
                 return channel.eventLoop.makeCompletedFuture {
+                    if let tls = configuration.tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            TLSHandler(context: tls, handshakeTimeout: configuration.handshakeTimeout, logger: configuration.logger)
+                        )
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         LengthEchoServerHandler(configuration: configuration, allocator: channel.allocator)
                     )

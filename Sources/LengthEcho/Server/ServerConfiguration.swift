@@ -1,3 +1,4 @@
+import LengthEchoTLS
 import Logging
 import NIOCore
 
@@ -20,6 +21,10 @@ public struct ServerConfiguration: Sendable {
     public var backlog: Int32 = 4096
     /// Event-loop threads; the default is one per core.
     public var threads: Int = System.coreCount
+    /// TLS on every connection when set; plaintext otherwise. Built once, shared by all connections.
+    public var tls: TLSContext?
+    /// A TLS peer that has not finished its handshake after this long is dropped.
+    public var handshakeTimeout: TimeAmount = .seconds(10)
     /// Called on the connection's event loop with each message received (the executable prints it).
     public var onMessage: (@Sendable (ByteBuffer) -> Void)?
     /// Diagnostics: connection errors, timeouts, refusals.

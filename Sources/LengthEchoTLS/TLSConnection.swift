@@ -1,0 +1,283 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import COpenSSL
+import NIOCore
+
+/// What a finished handshake agreed on.
+public struct TLSConnectionInfo: Sendable, Equatable {
+    public let version: String
+    public let cipher: String
+    public let resumed: Bool
+    /// The peer certificate's subject and expiry, when it sent one.
+    public let peerSubject: String?
+    public let peerNotAfter: String?
+}
+
+/// One `SSL` and its two memory BIOs: OpenSSL reads ciphertext from `input` and writes ciphertext to
+/// `output`; the channel handler moves bytes between them and the socket. Owns and frees all three.
+final class TLSConnection {
+    enum Status {
+        /// The operation finished.
+        case done
+        /// OpenSSL needs more bytes from the peer.
+        case wantRead
+        /// The peer sent close_notify.
+        case closed
+        /// The operation failed; the entries are what OpenSSL said.
+        case failed([OpenSSLErrors.Entry])
+    }
+
+    let ssl: OpaquePointer
+    private let input: OpaquePointer
+    private let output: OpaquePointer
+    let context: TLSContext
+    /// The host name or address the client connected to and verifies (client role).
+    let expectedHost: String?
+
+    init(context: TLSContext, expectedHost: String?) throws(TLSError) {
+        OpenSSLErrors.clear()
+        guard let ssl = SSL_new(context.pointer) else {
+            throw TLSError(.protocolError, "cannot create a TLS connection: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
+        }
+        guard let input = BIO_new(BIO_s_mem()), let output = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw TLSError(.protocolError, "cannot create memory BIOs")
+        }
+        // An empty input BIO means "wait for more", never end of stream.
+        _ = shim_BIO_set_mem_eof_return(input, -1)
+        _ = shim_BIO_set_mem_eof_return(output, -1)
+        SSL_set_bio(ssl, input, output)  // the SSL owns both BIOs now
+        self.ssl = ssl
+        self.input = input
+        self.output = output
+        self.context = context
+        self.expectedHost = expectedHost
+        if context.isServer {
+            SSL_set_accept_state(ssl)
+        } else {
+            SSL_set_connect_state(ssl)
+            if let host = expectedHost {
+                if Self.isIPAddress(host) {
+                    if context.verifiesPeer { _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) }
+                } else {
+                    _ = shim_SSL_set_tlsext_host_name(ssl, host)  // SNI is for names only
+                    if context.verifiesPeer { _ = SSL_set1_host(ssl, host) }
+                }
+            }
+        }
+    }
+
+    deinit {
+        SSL_free(self.ssl)
+    }
+
+    static func isIPAddress(_ host: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+    }
+
+    // MARK: ciphertext in and out
+
+    /// Hands bytes from the socket to OpenSSL. A memory BIO takes everything.
+    func feed(_ buffer: ByteBuffer) {
+        buffer.withUnsafeReadableBytes { bytes in
+            guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+            _ = BIO_write(self.input, base, Int32(bytes.count))
+        }
+    }
+
+    var outputPending: Int { Int(shim_BIO_ctrl_pending(self.output)) }
+
+    /// Moves what OpenSSL wrote for the peer into `buffer`.
+    func takeOutput(into buffer: inout ByteBuffer) {
+        let pending = self.outputPending
+        guard pending > 0 else { return }
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { out in
+            Int(max(0, BIO_read(self.output, out.baseAddress, Int32(pending))))
+        }
+    }
+
+    // MARK: SSL calls, each with a clean error queue
+
+    func handshake() -> Status {
+        OpenSSLErrors.clear()
+        return self.status(SSL_do_handshake(self.ssl))
+    }
+
+    /// Decrypts what it can into `buffer`.
+    func read(into buffer: inout ByteBuffer) -> Status {
+        while true {
+            OpenSSLErrors.clear()
+            var count = 0
+            let result = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { out -> Int in
+                let ok = SSL_read_ex(self.ssl, out.baseAddress, out.count, &count)
+                return ok == 1 ? count : 0
+            }
+            if result > 0 { continue }
+            let status = self.status(0)
+            if case .done = status { continue }
+            return status
+        }
+    }
+
+    /// Encrypts all of `buffer` (a memory BIO never pushes back).
+    func write(_ buffer: ByteBuffer) -> Status {
+        buffer.withUnsafeReadableBytes { bytes -> Status in
+            guard let base = bytes.baseAddress, bytes.count > 0 else { return .done }
+            OpenSSLErrors.clear()
+            var written = 0
+            let ok = SSL_write_ex(self.ssl, base, bytes.count, &written)
+            return ok == 1 ? .done : self.status(0)
+        }
+    }
+
+    /// Queues close_notify for the peer.
+    func shutdown() {
+        OpenSSLErrors.clear()
+        _ = SSL_shutdown(self.ssl)
+        _ = OpenSSLErrors.drain()
+    }
+
+    private func status(_ result: Int32) -> Status {
+        if result == 1 { return .done }
+        switch SSL_get_error(self.ssl, result) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            return .wantRead
+        case SSL_ERROR_ZERO_RETURN:
+            return .closed
+        default:
+            return .failed(OpenSSLErrors.drain())
+        }
+    }
+
+    // MARK: what the handshake agreed on, and why it failed
+
+    var info: TLSConnectionInfo {
+        let version = String(cString: SSL_get_version(self.ssl))
+        let cipher = SSL_get_current_cipher(self.ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "?"
+        var subject: String?
+        var notAfter: String?
+        if let peer = SSL_get1_peer_certificate(self.ssl) {
+            defer { X509_free(peer) }
+            subject = Self.render { bio in _ = X509_NAME_print_ex(bio, X509_get_subject_name(peer), 0, shim_XN_FLAG_ONELINE()) }
+            notAfter = Self.render { bio in _ = ASN1_TIME_print(bio, X509_get0_notAfter(peer)) }
+        }
+        return TLSConnectionInfo(
+            version: version,
+            cipher: cipher,
+            resumed: SSL_session_reused(self.ssl) == 1,
+            peerSubject: subject,
+            peerNotAfter: notAfter
+        )
+    }
+
+    /// The names and addresses the peer's certificate covers.
+    var peerNames: [String] {
+        // After a failed verification only the chain is kept; its first certificate is the peer's.
+        guard let chain = SSL_get_peer_cert_chain(self.ssl), OPENSSL_sk_num(chain) > 0,
+            let first = OPENSSL_sk_value(chain, 0)
+        else { return [] }
+        let peer = OpaquePointer(first)
+        guard let raw = X509_get_ext_d2i(peer, NID_subject_alt_name, nil, nil) else { return [] }
+        let names = OpaquePointer(raw)
+        defer { GENERAL_NAMES_free(names) }
+        var result: [String] = []
+        for index in 0..<OPENSSL_sk_num(names) {
+            guard let entry = OPENSSL_sk_value(names, index)?.assumingMemoryBound(to: GENERAL_NAME.self) else { continue }
+            switch entry.pointee.type {
+            case GEN_DNS:
+                if let text = entry.pointee.d.dNSName, let data = ASN1_STRING_get0_data(text) {
+                    result.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(text))), as: UTF8.self))
+                }
+            case GEN_IPADD:
+                if let octets = entry.pointee.d.iPAddress, let data = ASN1_STRING_get0_data(octets) {
+                    let bytes = Array(UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(octets))))
+                    result.append(Self.formatAddress(bytes))
+                }
+            default:
+                break
+            }
+        }
+        return result
+    }
+
+    private static func formatAddress(_ bytes: [UInt8]) -> String {
+        var text = [CChar](repeating: 0, count: 64)
+        let family = bytes.count == 4 ? AF_INET : AF_INET6
+        guard bytes.count == 4 || bytes.count == 16, inet_ntop(family, bytes, &text, 64) != nil else { return "?" }
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    private static func render(_ body: (OpaquePointer) -> Void) -> String? {
+        guard let bio = BIO_new(BIO_s_mem()) else { return nil }
+        defer { BIO_free(bio) }
+        body(bio)
+        var memory: UnsafeMutablePointer<BUF_MEM>?
+        _ = shim_BIO_get_mem_ptr(bio, &memory)
+        guard let memory, let data = memory.pointee.data else { return nil }
+        return String(decoding: UnsafeRawBufferPointer(start: data, count: memory.pointee.length), as: UTF8.self)
+    }
+
+    /// Turns a failed handshake into the sentence a user needs, with a hint where there is one.
+    func explainHandshakeFailure(_ entries: [OpenSSLErrors.Entry]) -> TLSError {
+        let verify = SSL_get_verify_result(self.ssl)
+        let isClient = !self.context.isServer
+        if verify != X509_V_OK, entries.contains(where: { $0.text.contains("certificate verify failed") }) {
+            let reason = String(cString: X509_verify_cert_error_string(verify))
+            let whose = isClient ? "the server's certificate" : "the client's certificate"
+            let hint: String
+            switch Int32(verify) {
+            case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+                X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+                X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+                hint = isClient
+                    ? "unknown CA: \(whose) is not signed by a CA you trust; pass --ca with the CA that signed it (e.g. certs/ca.pem)"
+                    : "unknown CA: \(whose) is not signed by the --client-ca"
+            case X509_V_ERR_CERT_HAS_EXPIRED:
+                hint = "\(whose) has expired"
+            case X509_V_ERR_CERT_NOT_YET_VALID:
+                hint = "\(whose) is not valid yet (check the clocks)"
+            case X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH:
+                let names = self.peerNames
+                let covers = names.isEmpty ? "no names" : names.joined(separator: ", ")
+                hint = "wrong host: \(whose) is for \(covers), not \(self.expectedHost ?? "?") (connect by one of those names, or pass --server-name)"
+            default:
+                hint = "\(whose) did not verify"
+            }
+            return TLSError(.verification(code: Int32(verify)), "TLS handshake failed: \(hint) (\(reason))")
+        }
+        let text = OpenSSLErrors.describe(entries, fallback: "the peer closed the connection")
+        return TLSError(.handshake, "TLS handshake failed: " + Self.hint(for: text, isClient: isClient, hasCertificate: self.context.hasCertificate))
+    }
+
+    static func hint(for text: String, isClient: Bool, hasCertificate: Bool) -> String {
+        if text.contains("certificate required") || (isClient && !hasCertificate && text.contains("alert handshake failure")) && text.contains("certificate required") {
+            return "the server requires a client certificate; pass --cert and --key (\(text))"
+        }
+        if text.contains("certificate required") {
+            return "the server requires a client certificate; pass --cert and --key (\(text))"
+        }
+        if text.contains("peer did not return a certificate") {
+            return "the client sent no certificate, and --client-auth required demands one (\(text))"
+        }
+        if text.contains("alert unknown ca") || text.contains("alert bad certificate") {
+            return isClient
+                ? "the server does not trust our client certificate (\(text))"
+                : "the client does not trust our certificate: give it the CA with --ca (\(text))"
+        }
+        if text.contains("protocol version") || text.contains("unsupported protocol") || text.contains("no protocols available") {
+            return "no TLS version in common: this side allows TLS 1.2 and 1.3 unless restricted by --tls-min (\(text))"
+        }
+        if text.contains("no shared cipher") || text.contains("no cipher") {
+            return "no cipher in common with the peer (\(text))"
+        }
+        if text.contains("wrong version number") || text.contains("packet length too long") || text.contains("http request") {
+            return isClient
+                ? "the server did not speak TLS: is it a plaintext server? try without --tls (\(text))"
+                : "the client did not speak TLS (\(text))"
+        }
+        return text
+    }
+}

@@ -1,0 +1,207 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import COpenSSL
+
+/// The oldest TLS version a context accepts.
+public enum TLSVersion: String, Sendable, CaseIterable {
+    case tls12 = "1.2"
+    case tls13 = "1.3"
+
+    var openSSLValue: Int32 {
+        switch self {
+        case .tls12: TLS1_2_VERSION
+        case .tls13: TLS1_3_VERSION
+        }
+    }
+}
+
+/// Whether a server asks clients for a certificate (mutual TLS).
+public enum ClientAuthentication: String, Sendable, CaseIterable {
+    /// No client certificate is asked for.
+    case none
+    /// A certificate is asked for and verified if sent; clients without one are still served.
+    case optional
+    /// Clients without a valid certificate are refused in the handshake.
+    case required
+}
+
+/// Where a client finds the CAs it trusts.
+public enum TrustRoots: Sendable, Equatable {
+    /// The system's trust store (`/etc/ssl/certs`).
+    case system
+    /// The CA certificates in a PEM file.
+    case file(String)
+}
+
+/// One immutable `SSL_CTX`, built once per role before serving and shared by every connection.
+///
+/// Building a context parses PEM files and is slow; creating an `SSL` from a finished context is cheap.
+/// After `init` the context is never changed, which is what makes sharing it between threads safe.
+public final class TLSContext: @unchecked Sendable {
+    let pointer: OpaquePointer
+    public let isServer: Bool
+    /// Client role: whether the peer's certificate and name are verified (false only with --insecure).
+    public let verifiesPeer: Bool
+    /// Client role: whether a client certificate was configured (for error hints).
+    public let hasCertificate: Bool
+
+    /// The Mozilla "intermediate" TLS 1.2 cipher list (ECDHE with AEAD only). TLS 1.3 suites are all AEAD.
+    public static let intermediateCiphers = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    ].joined(separator: ":")
+
+    private init(pointer: OpaquePointer, isServer: Bool, verifiesPeer: Bool, hasCertificate: Bool) {
+        self.pointer = pointer
+        self.isServer = isServer
+        self.verifiesPeer = verifiesPeer
+        self.hasCertificate = hasCertificate
+    }
+
+    deinit {
+        SSL_CTX_free(self.pointer)
+    }
+
+    /// A server context: TLS 1.2 and 1.3 (or 1.3 only), the intermediate ciphers, no renegotiation, no
+    /// compression, session tickets and a session cache for resumption.
+    public static func server(
+        certificateChain: String,
+        privateKey: String,
+        clientCA: String? = nil,
+        clientAuthentication: ClientAuthentication = .none,
+        minimumVersion: TLSVersion = .tls12,
+        maximumVersion: TLSVersion = .tls13
+    ) throws(TLSError) -> TLSContext {
+        OpenSSLErrors.clear()
+        guard let ctx = SSL_CTX_new(TLS_server_method()) else {
+            throw TLSError(.configuration, "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
+        }
+        let context = TLSContext(pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true)
+        try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
+        _ = SSL_CTX_set_options(ctx, shim_SSL_OP_NO_RENEGOTIATION())
+        // Mozilla intermediate: the client's cipher preference (all offered ciphers are strong).
+        _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_SERVER())
+        var sessionContext = Array("length-echo".utf8)
+        _ = SSL_CTX_set_session_id_context(ctx, &sessionContext, UInt32(sessionContext.count))
+        try context.useCertificate(chain: certificateChain, key: privateKey)
+
+        if clientAuthentication != .none {
+            guard let clientCA else {
+                throw TLSError(.configuration, "--client-auth \(clientAuthentication.rawValue) needs --client-ca: the CA that signs client certificates")
+            }
+            try Self.checkReadable(clientCA, what: "client CA file")
+            OpenSSLErrors.clear()
+            guard SSL_CTX_load_verify_locations(ctx, clientCA, nil) == 1 else {
+                throw TLSError(.configuration, "cannot use client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))")
+            }
+            if let names = SSL_load_client_CA_file(clientCA) {
+                SSL_CTX_set_client_CA_list(ctx, names)
+            }
+            let mode = clientAuthentication == .required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
+            SSL_CTX_set_verify(ctx, mode, nil)
+        }
+        return context
+    }
+
+    /// A client context. It verifies the server's chain against `trustRoots` (and, per connection, the
+    /// host name), unless `verify` is false.
+    public static func client(
+        trustRoots: TrustRoots = .system,
+        certificateChain: String? = nil,
+        privateKey: String? = nil,
+        minimumVersion: TLSVersion = .tls12,
+        maximumVersion: TLSVersion = .tls13,
+        verify: Bool = true
+    ) throws(TLSError) -> TLSContext {
+        OpenSSLErrors.clear()
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else {
+            throw TLSError(.configuration, "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
+        }
+        let context = TLSContext(pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
+        try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
+        _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_CLIENT())
+        switch trustRoots {
+        case .system:
+            _ = SSL_CTX_set_default_verify_paths(ctx)
+        case .file(let path):
+            try Self.checkReadable(path, what: "CA file")
+            OpenSSLErrors.clear()
+            guard SSL_CTX_load_verify_locations(ctx, path, nil) == 1 else {
+                throw TLSError(.configuration, "cannot use CA file \(path): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))")
+            }
+        }
+        SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
+        switch (certificateChain, privateKey) {
+        case (let chain?, let key?):
+            try context.useCertificate(chain: chain, key: key)
+        case (nil, nil):
+            break
+        default:
+            throw TLSError(.configuration, "a client certificate needs both --cert and --key")
+        }
+        return context
+    }
+
+    private func applyCommonSettings(minimumVersion: TLSVersion, maximumVersion: TLSVersion) throws(TLSError) {
+        let ctx = self.pointer
+        guard minimumVersion.openSSLValue <= maximumVersion.openSSLValue else {
+            throw TLSError(.configuration, "the minimum TLS version \(minimumVersion.rawValue) is above the maximum \(maximumVersion.rawValue)")
+        }
+        _ = shim_SSL_CTX_set_min_proto_version(ctx, minimumVersion.openSSLValue)
+        _ = shim_SSL_CTX_set_max_proto_version(ctx, maximumVersion.openSSLValue)
+        _ = SSL_CTX_set_options(ctx, shim_SSL_OP_NO_COMPRESSION())
+        _ = SSL_CTX_set_cipher_list(ctx, Self.intermediateCiphers)
+        _ = shim_SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384")
+        // Idle connections give their read and write buffers back (about 34 KiB each).
+        _ = shim_SSL_CTX_set_mode(ctx, shim_SSL_MODE_RELEASE_BUFFERS())
+        // Never prompt on the terminal for a passphrase: an encrypted key is an error with a hint.
+        SSL_CTX_set_default_passwd_cb(ctx) { _, _, _, _ in 0 }
+    }
+
+    private func useCertificate(chain: String, key: String) throws(TLSError) {
+        let ctx = self.pointer
+        try Self.checkReadable(chain, what: "certificate file")
+        try Self.checkReadable(key, what: "key file")
+        OpenSSLErrors.clear()
+        guard SSL_CTX_use_certificate_chain_file(ctx, chain) == 1 else {
+            throw TLSError(.configuration, "cannot use certificate file \(chain): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificate in it")) (expected a PEM certificate chain)")
+        }
+        if Self.fileContains(key, "ENCRYPTED") {
+            throw TLSError(.configuration, "the key \(key) is encrypted with a passphrase; give the server an unencrypted key (openssl pkey -in \(key) -out plain.key) and keep it mode 0600")
+        }
+        OpenSSLErrors.clear()
+        guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
+            let entries = OpenSSLErrors.drain()
+            if entries.contains(where: { $0.text.contains("values mismatch") || $0.text.contains("key values mismatch") }) {
+                throw TLSError(.configuration, "the key \(key) does not match the certificate \(chain)")
+            }
+            throw TLSError(.configuration, "cannot use key file \(key): \(OpenSSLErrors.describe(entries, fallback: "no private key in it")) (expected a PEM private key)")
+        }
+        OpenSSLErrors.clear()
+        guard SSL_CTX_check_private_key(ctx) == 1 else {
+            _ = OpenSSLErrors.drain()
+            throw TLSError(.configuration, "the key \(key) does not match the certificate \(chain)")
+        }
+    }
+
+    static func checkReadable(_ path: String, what: String) throws(TLSError) {
+        guard let file = fopen(path, "r") else {
+            let reason = String(cString: strerror(errno))
+            throw TLSError(.configuration, "cannot read \(what) \(path): \(reason)")
+        }
+        fclose(file)
+    }
+
+    private static func fileContains(_ path: String, _ needle: String) -> Bool {
+        guard let file = fopen(path, "r") else { return false }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 4096)
+        while fgets(&line, Int32(line.count), file) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if text.contains(needle) { return true }
+        }
+        return false
+    }
+}

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Makes test certificates for length-echo: a CA, a server certificate and a client certificate (mutual TLS).
+# Keys are mode 0600 and must never be committed (.gitignore keeps them out).
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: scripts/gen-certs.sh [--out DIR] [--rsa] [--name DNS]... [--ip ADDR]... [--days N] [--force] [--expired]
+
+Writes into DIR (default: certs/):
+  ca.pem, ca.key          a test CA
+  server.pem, server.key  a server certificate for localhost, 127.0.0.1 and ::1 (plus --name/--ip), signed by the CA
+  client.pem, client.key  a client certificate for mutual TLS, signed by the CA
+
+  --out DIR    write somewhere else
+  --rsa        RSA 2048 keys instead of ECDSA P-256
+  --name DNS   another DNS name for the server certificate (repeatable)
+  --ip ADDR    another IP address for the server certificate (repeatable)
+  --days N     validity of the server and client certificates (default 825)
+  --expired    make the server certificate one that expired in 2021 (to test clients)
+  --force      overwrite existing files
+USAGE
+}
+
+out="certs"
+algorithm="ec"
+days=825
+force=0
+expired=0
+names=(localhost)
+ips=(127.0.0.1 ::1)
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out="${2:?--out needs a folder}"; shift 2 ;;
+        --rsa) algorithm="rsa"; shift ;;
+        --name) names+=("${2:?--name needs a DNS name}"); shift 2 ;;
+        --ip) ips+=("${2:?--ip needs an address}"); shift 2 ;;
+        --days) days="${2:?--days needs a number}"; shift 2 ;;
+        --force) force=1; shift ;;
+        --expired) expired=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "gen-certs.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+command -v openssl >/dev/null || { echo "gen-certs.sh: needs the openssl command (apt-get install openssl)" >&2; exit 1; }
+
+files=(ca.pem ca.key server.pem server.key client.pem client.key)
+if [ "$force" -eq 0 ]; then
+    for file in "${files[@]}"; do
+        if [ -e "$out/$file" ]; then
+            echo "gen-certs.sh: $out/$file exists; pass --force to overwrite" >&2
+            exit 1
+        fi
+    done
+fi
+mkdir -p "$out"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+new_key() {
+    (
+        umask 077
+        if [ "$algorithm" = "rsa" ]; then
+            openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null
+        else
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"
+        fi
+    )
+    chmod 600 "$1"
+}
+
+key_usage="digitalSignature"
+[ "$algorithm" = "rsa" ] && key_usage="digitalSignature,keyEncipherment"
+
+# The CA.
+new_key "$out/ca.key"
+openssl req -x509 -new -key "$out/ca.key" -sha256 -days 3650 -subj "/CN=length-echo test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$out/ca.pem"
+
+# Signs $1.csr with the CA into $2, with the extensions in $3.
+sign() {
+    if [ "$expired" -eq 1 ] && [ "$2" = "$out/server.pem" ]; then
+        mkdir -p "$work/ca"
+        : > "$work/ca/index.txt"
+        openssl rand -hex 16 > "$work/ca/serial"
+        cat > "$work/ca/ca.cnf" <<CNF
+[ca]
+default_ca = test
+[test]
+database = $work/ca/index.txt
+new_certs_dir = $work/ca
+serial = $work/ca/serial
+default_md = sha256
+policy = any
+unique_subject = no
+[any]
+commonName = supplied
+CNF
+        openssl ca -batch -notext -config "$work/ca/ca.cnf" -cert "$out/ca.pem" -keyfile "$out/ca.key" \
+            -in "$1" -out "$2" -startdate 20200101000000Z -enddate 20210101000000Z -extfile "$3" 2>/dev/null
+    else
+        openssl x509 -req -in "$1" -CA "$out/ca.pem" -CAkey "$out/ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+            -days "$days" -sha256 -extfile "$3" -out "$2" 2>/dev/null
+    fi
+}
+
+# The server certificate.
+san=""
+for name in "${names[@]}"; do san+="${san:+,}DNS:$name"; done
+for ip in "${ips[@]}"; do san+="${san:+,}IP:$ip"; done
+new_key "$out/server.key"
+openssl req -new -key "$out/server.key" -subj "/CN=${names[0]}" -out "$work/server.csr"
+cat > "$work/server.ext" <<EXT
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,$key_usage
+extendedKeyUsage = serverAuth
+subjectAltName = $san
+EXT
+sign "$work/server.csr" "$out/server.pem" "$work/server.ext"
+
+# The client certificate.
+new_key "$out/client.key"
+openssl req -new -key "$out/client.key" -subj "/CN=length-echo client" -out "$work/client.csr"
+cat > "$work/client.ext" <<EXT
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,$key_usage
+extendedKeyUsage = clientAuth
+EXT
+sign "$work/client.csr" "$out/client.pem" "$work/client.ext"
+chmod 644 "$out/ca.pem" "$out/server.pem" "$out/client.pem"
+
+# Check the result.
+if [ "$expired" -eq 1 ]; then
+    openssl verify -no_check_time -CAfile "$out/ca.pem" "$out/server.pem" >/dev/null
+else
+    openssl verify -CAfile "$out/ca.pem" "$out/server.pem" >/dev/null
+fi
+openssl verify -CAfile "$out/ca.pem" "$out/client.pem" >/dev/null
+
+echo "gen-certs.sh: wrote $out/{ca,server,client}.{pem,key} ($algorithm; server certificate for ${san//,/, })"
+echo "gen-certs.sh: all verified with openssl verify against $out/ca.pem"
+echo
+echo "Start a TLS server and talk to it:"
+echo "  swift run server --tls --cert $out/server.pem --key $out/server.key"
+echo "  swift run client --tls --ca $out/ca.pem --host localhost test_string"
+echo "Mutual TLS:"
+echo "  swift run server --tls --cert $out/server.pem --key $out/server.key --client-ca $out/ca.pem --client-auth required"
+echo "  swift run client --tls --ca $out/ca.pem --cert $out/client.pem --key $out/client.key test_string"
