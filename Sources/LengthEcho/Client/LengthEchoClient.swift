@@ -71,6 +71,14 @@ public actor LengthEchoClient {
         }
     }
 
+    /// Connects (and completes the TLS handshake) now rather than at the first message. Returns what the
+    /// handshake agreed on, or nil for plaintext.
+    @discardableResult
+    public func connect() async throws -> TLSConnectionInfo? {
+        _ = try await self.connection()
+        return self.tlsInfo
+    }
+
     /// Closes the connection.
     public func close() async {
         if let channel = self.channel {
