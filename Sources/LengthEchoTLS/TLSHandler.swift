@@ -48,6 +48,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     private var handshakePromise: EventLoopPromise<TLSConnectionInfo>?
     private var closePromise: EventLoopPromise<Void>?
     private var timer: Scheduled<Void>?
+    /// Why the connection failed, for writes that arrive afterwards.
+    private var failure: TLSError?
 
     /// - Parameters:
     ///   - expectedHost: client role: the name or address connected to, sent as SNI (names only) and verified.
@@ -118,7 +120,6 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     private func failHandshake(_ error: TLSError, context: ChannelHandlerContext) {
         guard case .handshaking = self.state else { return }
-        self.flushOutput(context: context)  // the alert that tells the peer why
         self.state = .closed
         self.timer?.cancel()
         self.timer = nil
@@ -126,8 +127,33 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.handshakePromise = nil
         for (_, promise) in self.queued { promise?.fail(error) }
         self.queued = []
-        context.fireErrorCaught(error)
-        context.close(promise: nil)
+        if self.connection.context.isServer {
+            // Log it here and keep serving everyone else. Send the alert that tells the client why, shut our
+            // side, and discard its input for a while: closing at once would answer the client's unread bytes
+            // with a reset that can destroy the alert before the client reads it.
+            self.logger?.info(
+                "\(error)",
+                metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
+            )
+            self.lingerThenClose(context: context)
+        } else {
+            self.failure = error
+            self.flushOutput(context: context)
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+        }
+    }
+
+    /// Sends what is pending, shuts the write side, and closes when the peer does or after two seconds.
+    private func lingerThenClose(context: ChannelHandlerContext) {
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.write(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        self.flushOutput(context: context)
+        context.flush()
+        written.futureResult.assumeIsolated().whenComplete { _ in
+            context.close(mode: .output, promise: nil)
+        }
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
     }
 
     // MARK: read
@@ -184,6 +210,7 @@ public final class TLSHandler: ChannelDuplexHandler {
                 "TLS error: " + TLSConnection.hint(for: text, isClient: !self.connection.context.isServer, hasCertificate: self.connection.context.hasCertificate)
             )
             self.state = .closed
+            self.failure = error
             context.fireErrorCaught(error)
             context.close(promise: nil)
         }
@@ -203,13 +230,8 @@ public final class TLSHandler: ChannelDuplexHandler {
             var reply = context.channel.allocator.buffer(capacity: 96)
             reply.writeString("error: this port speaks TLS; connect with a TLS client (client --tls)")
             reply.writeInteger(UInt8(0))
-            let written = context.eventLoop.makePromise(of: Void.self)
-            context.writeAndFlush(self.wrapOutboundOut(reply), promise: written)
-            written.futureResult.assumeIsolated().whenComplete { _ in
-                context.close(mode: .output, promise: nil)
-            }
-            // Discard what else it sends until it closes, or for two seconds, so the error is not lost to a reset.
-            self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+            context.write(self.wrapOutboundOut(reply), promise: nil)
+            self.lingerThenClose(context: context)
         } else {
             let preview = Array(bytes.readableBytesView.prefix(40))
             let shown = String(decoding: preview.map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: ".") }, as: UTF8.self)
@@ -221,6 +243,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             self.handshakePromise = nil
             for (_, promise) in self.queued { promise?.fail(error) }
             self.queued = []
+            self.failure = error
             context.fireErrorCaught(error)
             context.close(promise: nil)
         }
@@ -294,7 +317,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         case .active:
             self.encrypt(plaintext, promise: promise)
         case .closing, .closed:
-            promise?.fail(ChannelError.outputClosed)
+            promise?.fail(self.failure ?? ChannelError.outputClosed)
         }
     }
 

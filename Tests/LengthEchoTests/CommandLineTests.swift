@@ -6,7 +6,7 @@ struct CommandLineTests {
     /// Starts `server` on a free port and returns it with the port it printed.
     private func startServer(_ extra: [String] = []) async throws -> (Executable, Int) {
         let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0"] + extra)
-        await server.wait { $0.stderr.contains("listening on") || !$0.process.isRunning }
+        await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
         let line = try #require(server.stderr.split(separator: "\n").first { $0.contains("listening on") })
         let port = try #require(line.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
         return (server, port)
@@ -57,11 +57,54 @@ struct CommandLineTests {
         #expect(tooLong.stderr == "client: the server refused the message: message exceeds the 4-byte limit\n")
         server.terminate()
         #expect(await server.exitStatus() == 0)
-        let refused = try Executable("client", ["--port", "\(port)", "x"])
+        let closed = try ClosedPort()
+        let refused = try Executable("client", ["--port", "\(closed.port)", "x"])
         #expect(await refused.exitStatus() == 1)
-        #expect(refused.stderr.contains("no server is running on port \(port)"))
+        #expect(refused.stderr.contains("no server is running on port \(closed.port)"))
         let badFlag = try Executable("server", ["--port", "70000"])
         #expect(await badFlag.exitStatus() != 0)
         #expect(badFlag.stderr.contains("--port"))
+    }
+
+    @Test("the README's TLS demo: certificates, a TLS server, a TLS client; and its errors")
+    func tlsDemo() async throws {
+        let certificates = try await TestCertificates.main.value
+        let other = try await TestCertificates.other.value
+        let (server, port) = try await self.startServer(["--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey])
+        #expect(server.stderr.contains("(TLS 1.2+)"))
+        let client = try Executable("client", ["--tls", "--ca", certificates.ca, "--host", "localhost", "--port", "\(port)", "--verbose", "test_string"])
+        #expect(await client.exitStatus() == 0)
+        #expect(client.stdout == "11 : test_string\n")
+        #expect(client.stderr.contains("TLSv1.3") && client.stderr.contains("CN = localhost"))
+
+        let untrusted = try Executable("client", ["--tls", "--port", "\(port)", "x"])
+        #expect(await untrusted.exitStatus() == 1)
+        #expect(untrusted.stderr.contains("unknown CA") && untrusted.stderr.contains("--ca"))
+
+        let insecure = try Executable("client", ["--tls", "--insecure", "--port", "\(port)", "x"])
+        #expect(await insecure.exitStatus() == 0)
+        #expect(insecure.stderr.contains("warning: --insecure"))
+
+        let plaintext = try Executable("client", ["--port", "\(port)", "x"])
+        #expect(await plaintext.exitStatus() == 1)
+        #expect(plaintext.stderr.contains("this port speaks TLS"))
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+
+        let mismatched = try Executable("server", ["--tls", "--port", "0", "--cert", certificates.serverCertificate, "--key", other.serverKey])
+        #expect(await mismatched.exitStatus() == 1)
+        #expect(mismatched.stderr.contains("does not match the certificate"))
+    }
+
+    @Test("gen-certs.sh makes 0600 keys, refuses to overwrite without --force, and its certificates verify")
+    func generateCertificates() async throws {
+        let certificates = try await TestCertificates.main.value
+        let attributes = try FileManager.default.attributesOfItem(atPath: certificates.serverKey)
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+        let again = try run("/bin/bash", [TestCertificates.packageRoot + "/scripts/gen-certs.sh", "--out", certificates.directory])
+        #expect(again.status != 0)
+        #expect(again.output.contains("pass --force to overwrite"))
+        let verified = try run("/usr/bin/env", ["openssl", "verify", "-CAfile", certificates.ca, certificates.serverCertificate, certificates.clientCertificate])
+        #expect(verified.status == 0, "\(verified.output)")
     }
 }

@@ -246,9 +246,9 @@ struct ServerTests {
 
     @Test("client errors: refused says no server is running; unknown hosts are named")
     func clientErrors() async throws {
-        let server = try await startServer()
-        let port = server.port
-        await server.shutdown()
+        // A port that is bound but not listening refuses connections, and no other test can take it.
+        let closed = try ClosedPort()
+        let port = closed.port
         let client = LengthEchoClient(configuration: ClientConfiguration(port: port))
         await #expect(throws: LengthEchoError.connectionRefused(host: "127.0.0.1", port: port)) {
             try await client.send(bytes("x"))

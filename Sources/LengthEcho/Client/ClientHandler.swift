@@ -1,4 +1,17 @@
 import NIOCore
+import Synchronization
+
+/// The first error a connection met, kept so that a later write to the dead connection reports the cause
+/// (say, the TLS alert the server sent) rather than only that the connection is closed.
+final class ConnectionFailure: Sendable {
+    private let error = Mutex<(any Error)?>(nil)
+
+    func record(_ error: any Error) {
+        self.error.withLock { if $0 == nil { $0 = error } }
+    }
+
+    var recorded: (any Error)? { self.error.withLock { $0 } }
+}
 
 /// One message on its way out, with the promise its reply completes.
 struct ClientRequest: Sendable {
@@ -22,8 +35,11 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
     private var received: ByteBuffer?
     private var framer: MessageFramer
 
-    init(maximumReplyLength: Int) {
+    private let failure: ConnectionFailure
+
+    init(maximumReplyLength: Int, failure: ConnectionFailure) {
         self.framer = MessageFramer(maximumMessageLength: maximumReplyLength)
+        self.failure = failure
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -70,8 +86,9 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
             waiter.succeed(received)  // a reply ended by the server closing, as the original's may be
         }
         self.received = nil
+        let error = self.failure.recorded ?? LengthEchoError.closedBeforeReply
         while let waiter = self.waiting.popFirst() {
-            waiter.fail(LengthEchoError.closedBeforeReply)
+            waiter.fail(error)
         }
         context.fireChannelInactive()
     }
@@ -81,6 +98,7 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
     }
 
     private func fail(_ error: any Error, context: ChannelHandlerContext) {
+        self.failure.record(error)
         while let waiter = self.waiting.popFirst() {
             waiter.fail(error)
         }

@@ -18,9 +18,10 @@ public actor LengthEchoClient {
     public let configuration: ClientConfiguration
     private let group: any EventLoopGroup
     private var channel: (any Channel)?
+    private var failure = ConnectionFailure()
     /// True while the current connection has not yet delivered a reply.
     private var fresh = true
-    private var connecting: Task<(any Channel, TLSConnectionInfo?), any Error>?
+    private var connecting: Task<(any Channel, TLSConnectionInfo?, ConnectionFailure), any Error>?
     /// What the last TLS handshake agreed on (nil for plaintext).
     public private(set) var tlsInfo: TLSConnectionInfo?
     private var connectedSinceAsked = false
@@ -57,11 +58,18 @@ public actor LengthEchoClient {
             let channel = try await self.connection()
             let reusing = !self.fresh
             do {
-                let raw = try await Self.exchange(messages, on: channel, timeout: self.configuration.replyTimeout)
+                let raw: [ByteBuffer]
+                do {
+                    raw = try await Self.exchange(messages, on: channel, timeout: self.configuration.replyTimeout)
+                } catch LengthEchoError.closedBeforeReply {
+                    // Report why the connection died, when something said so.
+                    throw self.failure.recorded ?? LengthEchoError.closedBeforeReply
+                }
                 self.fresh = false
                 return try zip(messages, raw).map { message, reply in try Self.validate(reply, of: message) }
-            } catch LengthEchoError.closedBeforeReply where reusing && !retried {
-                // The server closed the connection after its last reply: send again on a new one.
+            } catch where reusing && !retried && Self.closedByPeer(error) {
+                // The server closed the connection after its last reply (the original C server always does):
+                // send again on a new one.
                 retried = true
                 self.drop(channel)
             } catch {
@@ -100,8 +108,9 @@ public actor LengthEchoClient {
         let task = Task { [configuration, group] in try await Self.connect(configuration, group: group) }
         self.connecting = task
         defer { self.connecting = nil }
-        let (channel, info) = try await task.value
+        let (channel, info, failure) = try await task.value
         self.channel = channel
+        self.failure = failure
         self.tlsInfo = info
         self.connectedSinceAsked = true
         self.fresh = true
@@ -110,8 +119,9 @@ public actor LengthEchoClient {
 
     /// `connect()`, then the TLS handshake when TLS is on: a connection is returned ready for messages.
     private static func connect(_ configuration: ClientConfiguration, group: any EventLoopGroup) async throws
-        -> (any Channel, TLSConnectionInfo?)
+        -> (any Channel, TLSConnectionInfo?, ConnectionFailure)
     {
+        let failure = ConnectionFailure()
         let maximumReplyLength = configuration.maximumReplyLength
         let loop = group.next()
         let handshake = configuration.tls == nil ? nil : loop.makePromise(of: TLSConnectionInfo.self)
@@ -131,7 +141,7 @@ public actor LengthEchoClient {
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        LengthEchoClientHandler(maximumReplyLength: maximumReplyLength)
+                        LengthEchoClientHandler(maximumReplyLength: maximumReplyLength, failure: failure)
                     )
                 }
             }
@@ -143,9 +153,9 @@ public actor LengthEchoClient {
             if error is TLSError { throw error }
             throw Self.explain(error, configuration)
         }
-        guard let handshake else { return (channel, nil) }
+        guard let handshake else { return (channel, nil, failure) }
         do {
-            return (channel, try await handshake.futureResult.get())
+            return (channel, try await handshake.futureResult.get(), failure)
         } catch {
             channel.close(promise: nil)
             throw error
@@ -179,6 +189,18 @@ public actor LengthEchoClient {
         }
         defer { timer.cancel() }
         return try await EventLoopFuture.whenAllSucceed(replies.map(\.futureResult), on: loop).get()
+    }
+
+    /// Whether `error` only says that the peer had closed the connection.
+    static func closedByPeer(_ error: any Error) -> Bool {
+        switch error {
+        case LengthEchoError.closedBeforeReply, ChannelError.ioOnClosedChannel, ChannelError.outputClosed, ChannelError.eof:
+            return true
+        case let error as IOError:
+            return error.errnoCode == ECONNRESET || error.errnoCode == EPIPE
+        default:
+            return false
+        }
     }
 
     static func validate(_ raw: ByteBuffer, of message: [UInt8]) throws -> EchoReply {

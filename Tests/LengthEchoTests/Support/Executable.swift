@@ -1,63 +1,133 @@
 import Foundation
 import Synchronization
 
-/// A built executable of this package (`server`, `client`), run as a user would run it.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process run as a user would run it: a built executable of this package (`server`, `client`)
+/// or a system tool by absolute path.
+///
+/// It is spawned with `posix_spawn` and pipes made close-on-exec, so no other child inherits them and their
+/// end-of-file is reliable; plain threads read the pipes and reap the child. (Foundation's `Process` and
+/// `FileHandle` were flaky here under parallel tests: inherited pipes, EINTR traps, dispatch crashes.)
 final class Executable: Sendable {
-    let process: Process
-    private let output = Captured()
-    /// Resumed whenever either stream gets bytes or the process ends.
+    private struct State {
+        var stdout: [UInt8] = []
+        var stderr: [UInt8] = []
+        var streamsEnded = 0
+        var exitStatus: Int32?
+    }
+
+    let pid: pid_t
+    private let state = Mutex(State())
+    private let condition = NSCondition()
+    private let stdinFD: Mutex<Int32>
+    /// Resumed whenever output arrives or the process ends.
     private let changes: AsyncStream<Void>
     private let notify: AsyncStream<Void>.Continuation
 
     /// The folder the test bundle was built into, which also holds the package's executables.
-    static let productsDirectory: URL = {
+    static let productsDirectory: String = {
         var url = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         while !FileManager.default.fileExists(atPath: url.appendingPathComponent("server").path), url.path != "/" {
             url.deleteLastPathComponent()
         }
-        return url
+        return url.path
     }()
 
-    init(_ name: String, _ arguments: [String], stdin: Data? = nil) throws {
+    struct SpawnFailed: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    init(_ name: String, _ arguments: [String], stdin: Data? = nil, keepStdinOpen: Bool = false) throws {
+        let path = name.hasPrefix("/") ? name : Self.productsDirectory + "/" + name
         let (changes, notify) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         self.changes = changes
         self.notify = notify
-        let process = Process()
-        process.executableURL = Self.productsDirectory.appendingPathComponent(name)
-        process.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        let input = Pipe()
-        process.standardInput = input
-        out.fileHandleForReading.readabilityHandler = { [output, notify] handle in
-            let data = handle.availableData
-            output.state.withLock {
-                $0.stdout += data
-                if data.isEmpty { $0.ended += 1 }
-            }
-            if data.isEmpty { handle.readabilityHandler = nil }
-            notify.yield()
+
+        var output: [Int32] = [-1, -1]
+        var errors: [Int32] = [-1, -1]
+        var input: [Int32] = [-1, -1]
+        // Pipes are made and marked close-on-exec under one lock that every spawn here takes, so no child
+        // started by a concurrent test can inherit them.
+        spawnLock.lock()
+        defer { spawnLock.unlock() }
+        guard pipe(&output) == 0, pipe(&errors) == 0, pipe(&input) == 0 else {
+            throw SpawnFailed(description: "pipe: \(errno)")
         }
-        err.fileHandleForReading.readabilityHandler = { [output, notify] handle in
-            let data = handle.availableData
-            output.state.withLock {
-                $0.stderr += data
-                if data.isEmpty { $0.ended += 1 }
-            }
-            if data.isEmpty { handle.readabilityHandler = nil }
-            notify.yield()
+        for fd in output + errors + input { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, output[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        close(input[0])
+        close(output[1])
+        close(errors[1])
+        guard result == 0 else {
+            close(input[1])
+            close(output[0])
+            close(errors[0])
+            throw SpawnFailed(description: "cannot start \(path): \(String(cString: strerror(result)))")
         }
-        process.terminationHandler = { _ in notify.yield() }
-        self.process = process
-        try process.run()
-        if let stdin { input.fileHandleForWriting.write(stdin) }
-        try input.fileHandleForWriting.close()
+        self.pid = pid
+        if let stdin {
+            stdin.withUnsafeBytes { bytes in
+                var offset = 0
+                while offset < bytes.count {
+                    let n = write(input[1], bytes.baseAddress! + offset, bytes.count - offset)
+                    if n <= 0 { if errno == EINTR { continue } else { break } }
+                    offset += n
+                }
+            }
+        }
+        if !keepStdinOpen {
+            close(input[1])
+            self.stdinFD = Mutex(-1)
+        } else {
+            self.stdinFD = Mutex(input[1])
+        }
+
+        for (fd, isStdout) in [(output[0], true), (errors[0], false)] {
+            Thread { [self] in
+                var chunk = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let n = read(fd, &chunk, chunk.count)
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { break }
+                    self.update { if isStdout { $0.stdout += chunk[0..<n] } else { $0.stderr += chunk[0..<n] } }
+                }
+                close(fd)
+                self.update { $0.streamsEnded += 1 }
+            }.start()
+        }
+        let child = pid
+        Thread { [self] in
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+            let code = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+            self.update { $0.exitStatus = code }
+        }.start()
     }
 
-    var stdout: String { String(decoding: self.output.state.withLock { $0.stdout }, as: UTF8.self) }
-    var stderr: String { String(decoding: self.output.state.withLock { $0.stderr }, as: UTF8.self) }
+    private func update(_ body: (inout State) -> Void) {
+        self.condition.lock()
+        self.state.withLock { body(&$0) }
+        self.condition.broadcast()
+        self.condition.unlock()
+        self.notify.yield()
+    }
+
+    var stdout: String { String(decoding: self.state.withLock { $0.stdout }, as: UTF8.self) }
+    var stderr: String { String(decoding: self.state.withLock { $0.stderr }, as: UTF8.self) }
+    var isRunning: Bool { self.state.withLock { $0.exitStatus == nil } }
+    private var finished: Bool { self.state.withLock { $0.exitStatus != nil && $0.streamsEnded == 2 } }
 
     /// Waits until `condition` holds, woken by output or exit, never by polling on a timer.
     func wait(until condition: @Sendable (Executable) -> Bool) async {
@@ -67,22 +137,42 @@ final class Executable: Sendable {
         }
     }
 
-    /// Waits for the process to exit and for all its output to be read; returns its status.
+    /// Waits for the process to exit and its output to end; returns its exit status (128+N for signal N).
     func exitStatus() async -> Int32 {
-        await self.wait { !$0.process.isRunning && $0.output.state.withLock { $0.ended == 2 } }
-        self.process.waitUntilExit()
-        return self.process.terminationStatus
+        await self.wait { $0.finished }
+        return self.state.withLock { $0.exitStatus ?? -1 }
+    }
+
+    /// The same, blocking the calling thread.
+    func exitStatusBlocking() -> Int32 {
+        self.condition.lock()
+        while !self.finished { self.condition.wait() }
+        self.condition.unlock()
+        return self.state.withLock { $0.exitStatus ?? -1 }
+    }
+
+    func closeStdin() {
+        self.stdinFD.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
     }
 
     func terminate(signal: Int32 = SIGTERM) {
-        if self.process.isRunning { kill(self.process.processIdentifier, signal) }
+        if self.isRunning { kill(self.pid, signal) }
     }
 
     deinit {
-        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+        self.closeStdin()
+        if self.state.withLock({ $0.exitStatus == nil }) { kill(self.pid, SIGKILL) }
     }
 }
 
-final class Captured: Sendable {
-    let state = Mutex<(stdout: [UInt8], stderr: [UInt8], ended: Int)>(([], [], 0))
+/// Runs a command to completion and returns its exit status and its stdout and stderr together.
+func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = try Executable(executable, arguments)
+    let status = process.exitStatusBlocking()
+    return (status, process.stdout + process.stderr)
 }
+
+let spawnLock = NSLock()
