@@ -7,12 +7,14 @@ let package = Package(
     products: [
         .executable(name: "server", targets: ["server"]),
         .executable(name: "client", targets: ["client"]),
+        .executable(name: "bench", targets: ["bench"]),
         .library(name: "LengthEcho", targets: ["LengthEcho", "LengthEchoTLS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // C glue: the system OpenSSL, plus static inline shims for the macros Swift cannot import.
@@ -54,6 +56,18 @@ let package = Package(
                 "LengthEcho",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The load generator for the benchmark suite.
+        .executableTarget(
+            name: "bench",
+            dependencies: [
+                "LengthEcho",
+                "LengthEchoTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         .testTarget(

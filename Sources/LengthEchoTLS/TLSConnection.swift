@@ -35,7 +35,7 @@ final class TLSConnection {
     /// The host name or address the client connected to and verifies (client role).
     let expectedHost: String?
 
-    init(context: TLSContext, expectedHost: String?) throws(TLSError) {
+    init(context: TLSContext, expectedHost: String?, session: TLSSession? = nil) throws(TLSError) {
         OpenSSLErrors.clear()
         guard let ssl = SSL_new(context.pointer) else {
             throw TLSError(.protocolError, "cannot create a TLS connection: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
@@ -57,6 +57,7 @@ final class TLSConnection {
             SSL_set_accept_state(ssl)
         } else {
             SSL_set_connect_state(ssl)
+            if let session { _ = SSL_set_session(ssl, session.pointer) }
             if let host = expectedHost {
                 if Self.isIPAddress(host) {
                     if context.verifiesPeer { _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) }
@@ -76,6 +77,16 @@ final class TLSConnection {
         var v4 = in_addr()
         var v6 = in6_addr()
         return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+    }
+
+    /// The session to resume on a later connection (client role), if the server offered one.
+    var session: TLSSession? {
+        guard let pointer = SSL_get1_session(self.ssl) else { return nil }
+        guard SSL_SESSION_is_resumable(pointer) == 1 else {
+            SSL_SESSION_free(pointer)
+            return nil
+        }
+        return TLSSession(pointer: pointer)
     }
 
     // MARK: ciphertext in and out
@@ -279,5 +290,18 @@ final class TLSConnection {
                 : "the client did not speak TLS (\(text))"
         }
         return text
+    }
+}
+
+/// A TLS session a client can resume, owning its `SSL_SESSION` reference.
+public final class TLSSession: @unchecked Sendable {
+    let pointer: OpaquePointer
+
+    init(pointer: OpaquePointer) {
+        self.pointer = pointer
+    }
+
+    deinit {
+        SSL_SESSION_free(self.pointer)
     }
 }

@@ -60,14 +60,19 @@ public final class TLSHandler: ChannelDuplexHandler {
         handshakeTimeout: TimeAmount = .seconds(10),
         shutdownTimeout: TimeAmount = .seconds(3),
         handshakeCompleted: EventLoopPromise<TLSConnectionInfo>? = nil,
+        resuming session: TLSSession? = nil,
         logger: Logger? = nil
     ) throws(TLSError) {
-        self.connection = try TLSConnection(context: context, expectedHost: expectedHost)
+        self.connection = try TLSConnection(context: context, expectedHost: expectedHost, session: session)
         self.handshakeTimeout = handshakeTimeout
         self.shutdownTimeout = shutdownTimeout
         self.handshakePromise = handshakeCompleted
         self.logger = logger
     }
+
+    /// Client role: the session to resume on the next connection. With TLS 1.3 it arrives after the handshake,
+    /// with the first data read.
+    public var session: TLSSession? { self.connection.session }
 
     // MARK: handshake
 

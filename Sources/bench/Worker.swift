@@ -1,0 +1,271 @@
+import Histogram
+import LengthEcho
+import LengthEchoTLS
+import NIOCore
+import NIOPosix
+
+/// What one run drives: where, how, and what every reply must be.
+struct LoadPlan: Sendable {
+    enum Mode: String, Sendable {
+        /// connect, [handshake], send, reply, close: how the original client behaves.
+        case perRequest = "per-request"
+        /// one connection per worker; the next message goes as soon as the reply arrives.
+        case persistent
+    }
+
+    var address: SocketAddress
+    var serverName: String
+    var mode: Mode
+    var message: ByteBuffer
+    /// The exact reply every message must get.
+    var expected: [UInt8]
+    var tls: TLSContext?
+    var resume: Bool
+    var replyTimeout: TimeAmount
+    var measureFrom: NIODeadline
+    var stopAt: NIODeadline
+    var requestLimit: Int?
+}
+
+enum ErrorKind: String, CaseIterable, Sendable {
+    case connect, tls, wrongReply = "wrong reply", timeout, closedEarly = "closed early"
+}
+
+/// Counters for one worker, merged at the end. Only requests completed inside the measured window count.
+struct WorkerStats: Sendable {
+    var requests = 0
+    var bytes = 0
+    var handshakes = 0
+    var resumed = 0
+    var errors: [ErrorKind: Int] = [:]
+    var latency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+
+    mutating func merge(_ other: WorkerStats) {
+        self.requests += other.requests
+        self.bytes += other.bytes
+        self.handshakes += other.handshakes
+        self.resumed += other.resumed
+        for (kind, count) in other.errors { self.errors[kind, default: 0] += count }
+        self.latency.add(other.latency)
+    }
+}
+
+/// Live totals for the progress line, updated with relaxed atomics-free counters per loop (read racily).
+final class Progress: @unchecked Sendable {
+    var requests = 0
+    var errors = 0
+}
+
+/// One simulated client: a loop of connections and requests on one event loop.
+final class Worker {
+    let plan: LoadPlan
+    let loop: any EventLoop
+    var stats = WorkerStats()
+    let progress: Progress
+    private var session: TLSSession?
+    private let finished: EventLoopPromise<WorkerStats>
+    private var done = false
+    private let shared: Shared
+
+    /// A request budget shared by the workers of one event loop (for --requests).
+    final class Shared {
+        var remaining: Int?
+        init(remaining: Int?) { self.remaining = remaining }
+    }
+
+    init(plan: LoadPlan, loop: any EventLoop, progress: Progress, shared: Shared) {
+        self.plan = plan
+        self.loop = loop
+        self.progress = progress
+        self.shared = shared
+        self.finished = loop.makePromise(of: WorkerStats.self)
+    }
+
+    var result: EventLoopFuture<WorkerStats> { self.finished.futureResult }
+
+    var measuring: Bool { NIODeadline.now() >= self.plan.measureFrom }
+
+    /// Whether another request may start.
+    func mayContinue() -> Bool {
+        if NIODeadline.now() >= self.plan.stopAt { return false }
+        if let remaining = self.shared.remaining {
+            if remaining <= 0 { return false }
+            self.shared.remaining = remaining - 1
+        }
+        return true
+    }
+
+    func finish() {
+        guard !self.done else { return }
+        self.done = true
+        self.finished.succeed(self.stats)
+    }
+
+    func count(_ kind: ErrorKind) {
+        if self.measuring { self.stats.errors[kind, default: 0] += 1 }
+        self.progress.errors += 1
+    }
+
+    func start() {
+        guard self.mayContinue() else {
+            self.finish()
+            return
+        }
+        self.connect()
+    }
+
+    private func connect() {
+        let bound = NIOLoopBound(self, eventLoop: self.loop)
+        let plan = self.plan
+        let session = plan.resume ? self.session : nil
+        let sessionBox = NIOLoopBound(session, eventLoop: self.loop)
+        ClientBootstrap(group: self.loop)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls = plan.tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            TLSHandler(context: tls, expectedHost: plan.serverName, resuming: sessionBox.value)
+                        )
+                    }
+                    try channel.pipeline.syncOperations.addHandler(BenchHandler(worker: bound.value))
+                }
+            }
+            .connect(to: plan.address)
+            .assumeIsolated()
+            .whenFailure { _ in
+                self.count(.connect)
+                // Back off briefly so a refusing server is not hammered in a tight loop.
+                self.loop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { self.start() }
+            }
+    }
+
+    /// Called by the handler when a connection ends; per-request mode opens the next one.
+    func connectionEnded(session: TLSSession?) {
+        if let session { self.session = session }
+        self.start()
+    }
+}
+
+/// Sends a message, checks the reply byte for byte as it arrives, records the latency, and goes on.
+final class BenchHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let worker: Worker
+    private var matched = 0
+    private var sentAt: UInt64 = 0
+    private var waiting = false
+    private var timeout: Scheduled<Void>?
+    private var ended = false
+
+    init(worker: Worker) {
+        self.worker = worker
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if self.worker.plan.tls == nil { self.send(context: context) }
+        context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted(let info)? = event as? TLSEvent {
+            if self.worker.measuring {
+                self.worker.stats.handshakes += 1
+                if info.resumed { self.worker.stats.resumed += 1 }
+            }
+            self.send(context: context)
+        }
+    }
+
+    private func send(context: ChannelHandlerContext) {
+        self.matched = 0
+        self.waiting = true
+        self.sentAt = DispatchTimeNanos.now()
+        context.writeAndFlush(self.wrapOutboundOut(self.worker.plan.message), promise: nil)
+        self.timeout?.cancel()
+        self.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: self.worker.plan.replyTimeout) {
+            self.worker.count(.timeout)
+            self.waiting = false
+            context.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = self.unwrapInboundIn(data)
+        guard self.waiting else {
+            self.worker.count(.wrongReply)
+            context.close(promise: nil)
+            return
+        }
+        let expected = self.worker.plan.expected
+        let ok = bytes.withUnsafeReadableBytes { received -> Bool in
+            guard self.matched + received.count <= expected.count else { return false }
+            return expected.withUnsafeBytes { want in
+                memcmp(want.baseAddress! + self.matched, received.baseAddress!, received.count) == 0
+            }
+        }
+        guard ok else {
+            self.worker.count(.wrongReply)
+            self.waiting = false
+            context.close(promise: nil)
+            return
+        }
+        self.matched += bytes.readableBytes
+        guard self.matched == expected.count else { return }
+
+        self.waiting = false
+        self.timeout?.cancel()
+        let worker = self.worker
+        if worker.measuring && NIODeadline.now() <= worker.plan.stopAt {
+            worker.stats.requests += 1
+            worker.stats.bytes += worker.plan.message.readableBytes + expected.count
+            _ = worker.stats.latency.record((DispatchTimeNanos.now() - self.sentAt) / 1000)
+        }
+        worker.progress.requests += 1
+        switch worker.plan.mode {
+        case .persistent:
+            if worker.mayContinue() {
+                self.send(context: context)
+            } else {
+                self.ended = true
+                context.close(promise: nil)
+                worker.finish()
+            }
+        case .perRequest:
+            self.ended = true
+            let session = worker.plan.resume ? (try? context.pipeline.syncOperations.handler(type: TLSHandler.self))?.session : nil
+            context.close(promise: nil)
+            worker.connectionEnded(session: session)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !self.ended {
+            self.worker.count(error is TLSError ? .tls : .closedEarly)
+            self.ended = true
+            context.close(promise: nil)
+            self.worker.connectionEnded(session: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.timeout?.cancel()
+        if !self.ended {
+            self.ended = true
+            if self.waiting { self.worker.count(.closedEarly) }
+            self.worker.connectionEnded(session: nil)
+        }
+        context.fireChannelInactive()
+    }
+}
+
+/// A monotonic clock in nanoseconds, cheap enough to read twice per request.
+enum DispatchTimeNanos {
+    static func now() -> UInt64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &spec)
+        return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
+    }
+}
