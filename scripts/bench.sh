@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# The benchmark suite: length-echo against what a user would otherwise deploy, side by side in one run.
+#
+# usage: scripts/bench.sh [--quick] [--write]
+#   --quick   shorter cells (2 s) and 2,000 idle connections instead of 10,000
+#   --write   also write the results to BENCHMARKS.md
+#
+# Release builds; one server at a time on this machine; each cell is a warm-up run and then a measured run of
+# the `bench` load generator (c=50 unless stated). Server CPU per request is read from /proc (utime+stime of
+# every server-side process) over the measured run, so the ratios survive a noisy, shared machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+
+DURATION=5
+WARMUP=1
+CONNECTIONS=50
+HOLD=10000
+WRITE=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) DURATION=2; WARMUP=0.5; HOLD=2000 ;;
+        --write) WRITE=1 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+# Tools from Debian's packages; installed when missing and we may.
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v gcc >/dev/null || missing+=(gcc)
+command -v nginx >/dev/null || missing+=(nginx libnginx-mod-stream)
+command -v stunnel >/dev/null || missing+=(stunnel4)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "bench.sh: installing ${missing[*]}" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "bench.sh: missing ${missing[*]}; their cells are skipped" >&2
+    fi
+fi
+
+echo "bench.sh: building release" >&2
+swift build -c release >/dev/null
+BIN="$(swift build -c release --show-bin-path)"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n 100000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+gcc -O2 -o "$WORK/iterative-server" scripts/bench/iterative-server.c
+scripts/gen-certs.sh --out "$WORK/certs" --force >/dev/null
+CERT="$WORK/certs/server.pem"
+KEY="$WORK/certs/server.key"
+CA="$WORK/certs/ca.pem"
+HZ="$(getconf CLK_TCK)"
+
+# Ports of this run (loopback only).
+OURS=14100; C_SERVER=14101; NGINX=14102; STUNNEL=14103; S_SERVER=14104; OURS_TLS=14105
+
+cpu_ticks() {  # total utime+stime of the given PIDs, in clock ticks
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+wait_port() {
+    local i
+    for i in $(seq 1 400); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.025
+    done
+    echo "bench.sh: nothing listens on port $1" >&2
+    return 1
+}
+
+start() {  # start NAME CMD...: runs CMD in the background; its PID lands in LAST_PID
+    "${@:2}" >"$WORK/$1.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+stop() {
+    local pid
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+json_field() { grep -o "\"$2\":[-0-9.e+]*" <<<"$1" | head -1 | cut -d: -f2; }
+
+ROWS=()
+add_row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 |"); echo "  $1 | $2 | $3 req/s | $4 µs CPU/req | p50 $5 µs | errors $6 | $7" >&2; }
+
+# measure CELL SERVER "PIDS" NOTE BENCH-ARGS...
+measure() {
+    local cell="$1" server="$2" pids="$3" note="$4"
+    shift 4
+    "$BIN/bench" "$@" --duration "$WARMUP" --warmup 0 >/dev/null
+    local before after result
+    before="$(cpu_ticks $pids)"
+    result="$("$BIN/bench" "$@" --duration "$DURATION" --warmup 0 --json)"
+    after="$(cpu_ticks $pids)"
+    local requests rps p50 errors cpu
+    requests="$(json_field "$result" requests)"
+    rps="$(json_field "$result" requests_per_second)"
+    p50="$(json_field "$result" p50)"
+    errors="$(grep -o '"errors":{[^}]*}' <<<"$result" | sed 's/"errors"://; s/[{}"]//g')"
+    [ -n "$errors" ] || errors="0"
+    cpu="$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')"
+    local benchcpu
+    benchcpu="$(json_field "$result" bench_cpu_seconds)"
+    note="${note:+$note; }bench CPU $(awk -v b="$benchcpu" -v n="$requests" 'BEGIN { printf "%.1f", b * 1e6 / n }') µs/req"
+    add_row "$cell" "$server" "$(printf '%.0f' "$rps")" "$cpu" "$p50" "$errors" "$note"
+    LAST_RPS="$rps"
+    LAST_CPU="$cpu"
+}
+
+echo "bench.sh: crypto floor (openssl speed)" >&2
+SIGN_PER_S="$(openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/ecdsa \(nistp256\)/ {print $(NF-1)}')"
+X25519_PER_S="$(openssl speed -seconds 2 ecdhx25519 2>/dev/null | awk '/X25519/ {print $NF}')"
+GCM_KBS="$(openssl speed -seconds 2 -evp aes-128-gcm 2>/dev/null | awk '/^(AES-128-GCM|aes-128-gcm)/ {print $NF}' | tr -d k)"
+FLOOR_US="$(awk -v s="$SIGN_PER_S" -v x="$X25519_PER_S" 'BEGIN { printf "%.1f", 1e6 / s + 1e6 / x }')"
+GCM_MBS="$(awk -v k="$GCM_KBS" 'BEGIN { printf "%.0f", k * 1000 / 1e6 }')"
+
+echo "bench.sh: plaintext" >&2
+start ours "$BIN/server" --quiet --log-level error --host 127.0.0.1 --port "$OURS" --max-connections 100000
+OURS_PID=$LAST_PID
+wait_port "$OURS"
+measure "plaintext, connection per request, 11 B" "length-echo" "$OURS_PID" "" --port "$OURS" -c "$CONNECTIONS" --mode per-request
+OURS_PER_REQ=$LAST_RPS
+measure "plaintext, persistent, 11 B" "length-echo" "$OURS_PID" "" --port "$OURS" -c "$CONNECTIONS" --mode persistent
+OURS_PLAIN_PERSISTENT=$LAST_RPS
+
+start c-server "$WORK/iterative-server" "$C_SERVER"
+C_PID=$LAST_PID
+wait_port "$C_SERVER"
+measure "plaintext, connection per request, 11 B" "iterative C server" "$C_PID" "" --port "$C_SERVER" -c "$CONNECTIONS" --mode per-request
+C_PER_REQ=$LAST_RPS
+stop "$C_PID"
+
+echo "bench.sh: TLS" >&2
+start ours-tls "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
+OURS_TLS_PID=$LAST_PID
+wait_port "$OURS_TLS"
+TLSARGS=(--tls --ca "$CA" --server-name localhost)
+measure "TLS 1.3 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+OURS_FULL_CPU=$LAST_CPU
+measure "TLS 1.3 resumed handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+OURS_RESUMED_CPU=$LAST_CPU
+measure "TLS 1.2 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" --tls-max 1.2 -c "$CONNECTIONS" --mode per-request --no-resume
+OURS_FULL12_CPU=$LAST_CPU
+measure "TLS 1.2 resumed handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" --tls-max 1.2 -c "$CONNECTIONS" --mode per-request --resume
+OURS_RESUMED12_CPU=$LAST_CPU
+measure "TLS 1.3 persistent, 11 B" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+OURS_TLS_PERSISTENT=$LAST_RPS
+measure "TLS 1.3 persistent, 64 KiB" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+OURS_64K_RPS=$LAST_RPS
+
+if command -v nginx >/dev/null; then
+    echo "bench.sh: nginx stream TLS termination in front of length-echo" >&2
+    MODULE="$(ls /usr/lib/nginx/modules/ngx_stream_module.so 2>/dev/null || true)"
+    cat >"$WORK/nginx.conf" <<NGINX
+${MODULE:+load_module $MODULE;}
+worker_processes 2;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log error;
+events { worker_connections 100000; }
+stream {
+    server {
+        listen 127.0.0.1:$NGINX ssl;
+        ssl_certificate $CERT;
+        ssl_certificate_key $KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        proxy_pass 127.0.0.1:$OURS;
+    }
+}
+NGINX
+    start nginx nginx -c "$WORK/nginx.conf" -p "$WORK"
+    NGINX_MASTER=$LAST_PID
+    wait_port "$NGINX"
+    NGINX_PIDS="$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"
+    measure "TLS 1.3 full handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    NGINX_FULL_CPU=$LAST_CPU
+    measure "TLS 1.3 resumed handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+    measure "TLS 1.3 persistent, 11 B" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+    measure "TLS 1.3 persistent, 64 KiB" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+    stop $NGINX_PIDS
+fi
+
+if command -v stunnel >/dev/null; then
+    echo "bench.sh: stunnel in front of length-echo" >&2
+    cat >"$WORK/stunnel.conf" <<STUNNEL
+foreground = yes
+pid =
+debug = 3
+[length-echo]
+accept = 127.0.0.1:$STUNNEL
+connect = 127.0.0.1:$OURS
+cert = $CERT
+key = $KEY
+sslVersionMin = TLSv1.2
+STUNNEL
+    start stunnel stunnel "$WORK/stunnel.conf"
+    STUNNEL_PID=$LAST_PID
+    wait_port "$STUNNEL"
+    measure "TLS 1.3 full handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    measure "TLS 1.3 resumed handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+    measure "TLS 1.3 persistent, 11 B" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+    stop "$STUNNEL_PID"
+fi
+
+echo "bench.sh: openssl s_server and length-echo under openssl s_time (one connection at a time)" >&2
+s_time_cell() {  # s_time_cell SERVER PIDS PORT FLAGS
+    local before after out count seconds
+    openssl s_time -connect "127.0.0.1:$3" -CAfile "$CA" $4 -time 1 >/dev/null 2>&1 || true
+    before="$(cpu_ticks $2)"
+    out="$(openssl s_time -connect "127.0.0.1:$3" -CAfile "$CA" $4 -time "$DURATION" 2>/dev/null || true)"
+    after="$(cpu_ticks $2)"
+    count="$(grep -o '^[0-9]* connections in [0-9]* real' <<<"$out" | head -1 | awk '{print $1}')"
+    seconds="$(grep -o '^[0-9]* connections in [0-9]* real' <<<"$out" | head -1 | awk '{print $4}')"
+    if [ -z "$count" ] || [ "$count" = 0 ]; then
+        add_row "s_time $4" "$1" "n/a" "n/a" "n/a" "s_time failed" ""
+        return
+    fi
+    add_row "TLS 1.3 handshakes, s_time $4 (c=1)" "$1" "$(awk -v c="$count" -v s="$seconds" 'BEGIN { printf "%.0f", c / s }')" \
+        "$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$count" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')" "n/a" "0" "handshakes/s; CPU per handshake"
+}
+start s-server openssl s_server -accept "127.0.0.1:$S_SERVER" -cert "$CERT" -key "$KEY" -quiet
+S_PID=$LAST_PID
+wait_port "$S_SERVER"
+s_time_cell "openssl s_server" "$S_PID" "$S_SERVER" "-new"
+s_time_cell "openssl s_server" "$S_PID" "$S_SERVER" "-reuse"
+stop "$S_PID"
+s_time_cell "length-echo" "$OURS_TLS_PID" "$OURS_TLS" "-new"
+s_time_cell "length-echo" "$OURS_TLS_PID" "$OURS_TLS" "-reuse"
+
+echo "bench.sh: memory with $HOLD idle connections" >&2
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hold_cell() {  # hold_cell LABEL PID PORT BENCH-ARGS...
+    local label="$1" pid="$2" port="$3" before after
+    shift 3
+    before="$(rss_kb "$pid")"
+    mkfifo "$WORK/hold.in"
+    "$BIN/bench" --port "$port" --hold "$HOLD" "$@" <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
+    local holder=$!
+    exec 7>"$WORK/hold.in"
+    while ! grep -q holding "$WORK/hold.out" 2>/dev/null; do
+        if ! kill -0 "$holder" 2>/dev/null; then echo "bench.sh: --hold failed: $(cat "$WORK/hold.out")" >&2; break; fi
+        sleep 0.1
+    done
+    after="$(rss_kb "$pid")"
+    exec 7>&-
+    wait "$holder" 2>/dev/null || true
+    rm -f "$WORK/hold.in"
+    add_row "memory, $HOLD idle connections" "$label" "n/a" "n/a" "n/a" "0" \
+        "RSS +$(( (after - before) / 1024 )) MiB: $(awk -v a="$after" -v b="$before" -v n="$HOLD" 'BEGIN { printf "%.1f", (a - b) * 1024 / n / 1024 }') KiB per connection"
+    MEM_LAST="$(awk -v a="$after" -v b="$before" -v n="$HOLD" 'BEGIN { printf "%.1f", (a - b) * 1024 / n / 1024 }')"
+}
+stop "$OURS_PID" "$OURS_TLS_PID"
+start ours-mem "$BIN/server" --quiet --log-level error --host 127.0.0.1 --port "$OURS" --max-connections 100000 --idle-timeout 600
+wait_port "$OURS"
+hold_cell "length-echo, plaintext" "$LAST_PID" "$OURS"
+MEM_PLAIN=$MEM_LAST
+stop "$LAST_PID"
+start ours-mem-tls "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000 --idle-timeout 600
+wait_port "$OURS_TLS"
+hold_cell "length-echo, TLS" "$LAST_PID" "$OURS_TLS" --tls --ca "$CA" --server-name localhost
+MEM_TLS=$MEM_LAST
+stop "$LAST_PID"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+SUMMARY=(
+    "- Plaintext, connection per request: length-echo / iterative C server = **$(ratio "$OURS_PER_REQ" "$C_PER_REQ")×** requests/s."
+    "- TLS 1.3 full handshake, server CPU: length-echo $OURS_FULL_CPU µs vs nginx+backend ${NGINX_FULL_CPU:-n/a} µs per handshake; crypto floor (1 ECDSA P-256 sign + 1 X25519) $FLOOR_US µs, so length-echo spends **$(ratio "$OURS_FULL_CPU" "$FLOOR_US")×** the floor."
+    "- Resumption: full / resumed server CPU = **$(ratio "$OURS_FULL_CPU" "$OURS_RESUMED_CPU")×** on TLS 1.3, **$(ratio "$OURS_FULL12_CPU" "$OURS_RESUMED12_CPU")×** on TLS 1.2."
+    "- Persistent 11 B: TLS / plaintext = **$(ratio "$OURS_TLS_PERSISTENT" "$OURS_PLAIN_PERSISTENT")×** requests/s."
+    "- Persistent 64 KiB over TLS: $(awk -v r="$OURS_64K_RPS" 'BEGIN { printf "%.0f", r * 65536 * 2 / 1e6 }') MB/s of messages and replies vs the AES-128-GCM floor of $GCM_MBS MB/s (one core) = **$(ratio "$(awk -v r="$OURS_64K_RPS" 'BEGIN { print r * 65536 * 2 / 1e6 }')" "$GCM_MBS")×**."
+    "- Memory per idle connection: **$MEM_PLAIN KiB** plaintext, **$MEM_TLS KiB** TLS."
+)
+
+TABLE="| cell | server | requests/s | server CPU µs/request | p50 µs | errors | notes |
+|---|---|---:|---:|---:|---|---|
+$(printf '%s\n' "${ROWS[@]}")"
+
+HEADER="Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r); $(openssl version | cut -d' ' -f1-2); $(swift --version 2>/dev/null | head -1 | sed 's/ (.*//').
+Run: \`scripts/bench.sh $*\` on $(date -u '+%Y-%m-%d %H:%M UTC'); cells of ${DURATION} s after ${WARMUP} s of warm-up, c=$CONNECTIONS, loopback, client and server on the same machine.
+Crypto floor (\`openssl speed\`, one core): ECDSA P-256 sign $SIGN_PER_S/s, X25519 $X25519_PER_S/s, AES-128-GCM $GCM_MBS MB/s (16 KiB blocks)."
+
+echo
+echo "$HEADER"
+echo
+echo "$TABLE"
+echo
+printf '%s\n' "${SUMMARY[@]}"
+
+if [ "$WRITE" -eq 1 ]; then
+    python3 - "$ROOT/BENCHMARKS.md" "$HEADER" "$TABLE" "$(printf '%s\n' "${SUMMARY[@]}")" <<'PY'
+import sys, re
+path, header, table, summary = sys.argv[1:5]
+try:
+    text = open(path).read()
+except FileNotFoundError:
+    text = "# Benchmarks\n\n<!-- results -->\n<!-- end results -->\n"
+block = "<!-- results -->\n" + header + "\n\n" + table + "\n\n" + summary + "\n<!-- end results -->"
+text = re.sub(r"<!-- results -->.*?<!-- end results -->", lambda m: block, text, flags=re.S)
+open(path, "w").write(text)
+PY
+    echo "bench.sh: wrote BENCHMARKS.md" >&2
+fi
