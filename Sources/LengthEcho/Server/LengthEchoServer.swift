@@ -36,7 +36,8 @@ public final class LengthEchoServer: Sendable {
     ) {
         self.configuration = configuration
         self.listeners = listeners
-        self.localAddresses = listeners.compactMap(\.localAddress)
+        var seen = Set<String>()
+        self.localAddresses = listeners.compactMap(\.localAddress).filter { seen.insert("\($0)").inserted }
         self.tracker = tracker
         self.group = group
         self.ownsGroup = ownsGroup
@@ -64,6 +65,9 @@ public final class LengthEchoServer: Sendable {
             throw error
         }
 
+        // One listening socket per event loop (SO_REUSEPORT): the kernel spreads connections over them, and
+        // each connection lives on the loop that accepted it, with no hand-off between threads.
+        let loops = Array(group.makeIterator())
         for host in configuration.hosts {
             let address: SocketAddress
             do {
@@ -71,23 +75,33 @@ public final class LengthEchoServer: Sendable {
             } catch {
                 try await giveUp(.bindFailed(host: host, port: port, reason: "no such host or address"))
             }
-            do {
-                let listener = try await Self.bootstrap(
-                    group: group,
-                    configuration: configuration,
-                    tracker: tracker,
-                    ipv6Only: address.protocol == .inet6
-                ).bind(to: address).get()
-                listeners.append(listener)
-                if port == 0 { port = listener.localAddress?.port ?? 0 }
-            } catch {
-                let errno = (error as? IOError)?.errnoCode
-                let usingDefaults = configuration.hosts == ServerConfiguration.allAddresses
+            let usingDefaults = configuration.hosts == ServerConfiguration.allAddresses
+            // SO_REUSEPORT would let us share a port another server of this user already holds; check first.
+            if port != 0, let errno = Self.probe(address), errno != 0 {
                 if usingDefaults, address.protocol == .inet6, errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL {
                     configuration.logger.info("IPv6 is not available here; listening on IPv4 only")
                     continue
                 }
-                try await giveUp(.bindFailed(host: host, port: port, reason: Self.explain(error, port: port)))
+                try await giveUp(.bindFailed(host: host, port: port, reason: Self.explain(errno: errno, port: port)))
+            }
+            for loop in loops {
+                do {
+                    let listener = try await Self.bootstrap(
+                        loop: loop,
+                        configuration: configuration,
+                        tracker: tracker,
+                        ipv6Only: address.protocol == .inet6
+                    ).bind(to: try SocketAddress.makeAddressResolvingHost(host, port: port)).get()
+                    listeners.append(listener)
+                    if port == 0 { port = listener.localAddress?.port ?? 0 }
+                } catch {
+                    let errno = (error as? IOError)?.errnoCode
+                    if usingDefaults, address.protocol == .inet6, errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL {
+                        configuration.logger.info("IPv6 is not available here; listening on IPv4 only")
+                        break
+                    }
+                    try await giveUp(.bindFailed(host: host, port: port, reason: Self.explain(error, port: port)))
+                }
             }
         }
         return LengthEchoServer(
@@ -100,21 +114,23 @@ public final class LengthEchoServer: Sendable {
     }
 
     private static func bootstrap(
-        group: any EventLoopGroup,
+        loop: any EventLoop,
         configuration: ServerConfiguration,
         tracker: ConnectionTracker,
         ipv6Only: Bool
     ) -> ServerBootstrap {
-        var bootstrap = ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: loop, childGroup: loop)
             .serverChannelOption(.backlog, value: configuration.backlog)
             // A restarted server binds at once, even while old connections sit in TIME_WAIT.
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+            // Set on the listener, TCP_NODELAY is inherited by every accepted socket: one syscall fewer each.
+            .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
         if ipv6Only {
             // `::` and `0.0.0.0` are separate sockets on the same port.
             bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
         }
         return bootstrap
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 guard tracker.admit(channel) else {
@@ -138,9 +154,27 @@ public final class LengthEchoServer: Sendable {
             }
     }
 
+    /// Binds a plain socket (SO_REUSEADDR only) to `address` and closes it: 0 if the address is free, else the errno.
+    static func probe(_ address: SocketAddress) -> Int32? {
+        let fd = socket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return errno }
+        defer { close(fd) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if address.protocol == .inet6 {
+            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let result = address.withSockAddr { pointer, size in bind(fd, pointer, socklen_t(size)) }
+        return result == 0 ? 0 : errno
+    }
+
     /// A sentence for why a listening socket could not be opened.
     static func explain(_ error: any Error, port: Int) -> String {
         guard let errno = (error as? IOError)?.errnoCode else { return "\(error)" }
+        return Self.explain(errno: errno, port: port)
+    }
+
+    static func explain(errno: Int32, port: Int) -> String {
         switch errno {
         case EADDRINUSE:
             return "port \(port) is already in use (is another server running? stop it or pick another --port)"
