@@ -117,16 +117,24 @@ final class TLSConnection {
         return self.status(SSL_do_handshake(self.ssl))
     }
 
-    /// Decrypts what it can into `buffer`.
+    /// Ciphertext fed in but not yet decrypted: an upper bound on the plaintext it can yield.
+    var inputPending: Int { Int(shim_BIO_ctrl_pending(self.input)) }
+
+    /// Decrypts what it can into `buffer`, growing it only if OpenSSL holds more than it has room for.
     func read(into buffer: inout ByteBuffer) -> Status {
         while true {
             OpenSSLErrors.clear()
             var count = 0
-            let result = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { out -> Int in
+            let room = max(buffer.writableBytes, Int(SSL_pending(self.ssl)), 1)
+            let result = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { out -> Int in
                 let ok = SSL_read_ex(self.ssl, out.baseAddress, out.count, &count)
                 return ok == 1 ? count : 0
             }
-            if result > 0 { continue }
+            if result > 0 {
+                // Nothing left, decrypted or not: another SSL_read would only say "want read".
+                if self.inputPending == 0 && SSL_has_pending(self.ssl) == 0 { return .wantRead }
+                continue
+            }
             let status = self.status(0)
             if case .done = status { continue }
             return status

@@ -30,7 +30,6 @@ public final class TLSHandler: ChannelDuplexHandler {
     /// The first byte of every TLS handshake record.
     private static let handshakeRecord: UInt8 = 0x16
     private static let alertRecord: UInt8 = 0x15
-    private static let plaintextReadSize = 16 * 1024
 
     private let connection: TLSConnection
     private let handshakeTimeout: TimeAmount
@@ -189,7 +188,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     }
 
     private func readPlaintext(context: ChannelHandlerContext) {
-        var plaintext = context.channel.allocator.buffer(capacity: Self.plaintextReadSize)
+        // Plaintext is never longer than the ciphertext it came from: one allocation of the right size.
+        var plaintext = context.channel.allocator.buffer(capacity: max(self.connection.inputPending, 64))
         let status = self.connection.read(into: &plaintext)
         if plaintext.readableBytes > 0, case .active = self.state {
             context.fireChannelRead(self.wrapInboundOut(plaintext))
