@@ -29,8 +29,8 @@ final class TLSConnection {
     }
 
     let ssl: OpaquePointer
-    private let input: OpaquePointer
-    private let output: OpaquePointer
+    private var input: OpaquePointer
+    private var output: OpaquePointer
     let context: TLSContext
     /// The host name or address the client connected to and verifies (client role).
     let expectedHost: String?
@@ -100,6 +100,21 @@ final class TLSConnection {
     }
 
     var outputPending: Int { Int(shim_BIO_ctrl_pending(self.output)) }
+
+    /// After the handshake the memory BIOs keep buffers as large as the biggest flight (the certificate chain):
+    /// give them back by swapping in fresh, empty BIOs when there is nothing in them.
+    func shrinkBuffers() {
+        if self.outputPending == 0, let fresh = BIO_new(BIO_s_mem()) {
+            _ = shim_BIO_set_mem_eof_return(fresh, -1)
+            SSL_set0_wbio(self.ssl, fresh)  // frees the old one
+            self.output = fresh
+        }
+        if self.inputPending == 0, let fresh = BIO_new(BIO_s_mem()) {
+            _ = shim_BIO_set_mem_eof_return(fresh, -1)
+            SSL_set0_rbio(self.ssl, fresh)
+            self.input = fresh
+        }
+    }
 
     /// Moves what OpenSSL wrote for the peer into `buffer`.
     func takeOutput(into buffer: inout ByteBuffer) {

@@ -113,6 +113,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             self.queued = []
             for (data, promise) in queued { self.encrypt(data, promise: promise) }
             self.flushOutput(context: context)
+            self.connection.shrinkBuffers()
         case .wantRead:
             self.flushOutput(context: context)
         case .closed:
