@@ -35,6 +35,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     private let handshakeTimeout: TimeAmount
     private let shutdownTimeout: TimeAmount
     private let logger: Logger?
+    /// This event loop's reusable buffers, when the pipeline's owner provides them.
+    private let buffers: LoopBuffers?
     private var state = State.idle
     private var receivedAny = false
     private var receivedCloseNotify = false
@@ -60,8 +62,10 @@ public final class TLSHandler: ChannelDuplexHandler {
         shutdownTimeout: TimeAmount = .seconds(3),
         handshakeCompleted: EventLoopPromise<TLSConnectionInfo>? = nil,
         resuming session: TLSSession? = nil,
+        buffers: LoopBuffers? = nil,
         logger: Logger? = nil
     ) throws(TLSError) {
+        self.buffers = buffers
         self.connection = try TLSConnection(context: context, expectedHost: expectedHost, session: session)
         self.handshakeTimeout = handshakeTimeout
         self.shutdownTimeout = shutdownTimeout
@@ -189,12 +193,14 @@ public final class TLSHandler: ChannelDuplexHandler {
     }
 
     private func readPlaintext(context: ChannelHandlerContext) {
-        // Plaintext is never longer than the ciphertext it came from: one allocation of the right size.
-        var plaintext = context.channel.allocator.buffer(capacity: max(self.connection.inputPending, 64))
+        // Plaintext is never longer than the ciphertext it came from.
+        let capacity = max(self.connection.inputPending, 64)
+        var plaintext = self.buffers?.plaintext.take(capacity: capacity) ?? context.channel.allocator.buffer(capacity: capacity)
         let status = self.connection.read(into: &plaintext)
         if plaintext.readableBytes > 0, case .active = self.state {
             context.fireChannelRead(self.wrapInboundOut(plaintext))
         }
+        self.buffers?.plaintext.giveBack(plaintext)
         switch status {
         case .done, .wantRead:
             self.flushOutput(context: context)  // tickets, key updates
@@ -356,8 +362,9 @@ public final class TLSHandler: ChannelDuplexHandler {
             for promise in promises { promise.succeed() }
             return
         }
-        var ciphertext = context.channel.allocator.buffer(capacity: pending)
+        var ciphertext = self.buffers?.ciphertext.take(capacity: pending) ?? context.channel.allocator.buffer(capacity: pending)
         self.connection.takeOutput(into: &ciphertext)
+        defer { self.buffers?.ciphertext.giveBack(ciphertext) }
         let promise: EventLoopPromise<Void>?
         switch promises.count {
         case 0: promise = nil

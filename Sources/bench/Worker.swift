@@ -70,6 +70,7 @@ final class Worker {
     /// A request budget shared by the workers of one event loop (for --requests).
     final class Shared {
         var remaining: Int?
+        let buffers = LoopBuffers()
         init(remaining: Int?) { self.remaining = remaining }
     }
 
@@ -119,6 +120,7 @@ final class Worker {
         let plan = self.plan
         let session = plan.resume ? self.session : nil
         let sessionBox = NIOLoopBound(session, eventLoop: self.loop)
+        let buffersBox = NIOLoopBound(self.shared.buffers, eventLoop: self.loop)
         ClientBootstrap(group: self.loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
@@ -126,7 +128,7 @@ final class Worker {
                 channel.eventLoop.makeCompletedFuture {
                     if let tls = plan.tls {
                         try channel.pipeline.syncOperations.addHandler(
-                            TLSHandler(context: tls, expectedHost: plan.serverName, resuming: sessionBox.value)
+                            TLSHandler(context: tls, expectedHost: plan.serverName, resuming: sessionBox.value, buffers: buffersBox.value)
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(BenchHandler(worker: bound.value))

@@ -86,8 +86,10 @@ public final class LengthEchoServer: Sendable {
             }
             for loop in loops {
                 do {
+                    let buffers = try await loop.submit { NIOLoopBound(LoopBuffers(), eventLoop: loop) }.get()
                     let listener = try await Self.bootstrap(
                         loop: loop,
+                        buffers: buffers,
                         configuration: configuration,
                         tracker: tracker,
                         ipv6Only: address.protocol == .inet6
@@ -115,6 +117,7 @@ public final class LengthEchoServer: Sendable {
 
     private static func bootstrap(
         loop: any EventLoop,
+        buffers: NIOLoopBound<LoopBuffers>,
         configuration: ServerConfiguration,
         tracker: ConnectionTracker,
         ipv6Only: Bool
@@ -142,13 +145,20 @@ public final class LengthEchoServer: Sendable {
                     }
                 }
                 return channel.eventLoop.makeCompletedFuture {
+                    // The child lives on the loop that accepted it, which owns these buffers.
+                    let buffers = buffers.value
                     if let tls = configuration.tls {
                         try channel.pipeline.syncOperations.addHandler(
-                            TLSHandler(context: tls, handshakeTimeout: configuration.handshakeTimeout, logger: configuration.logger)
+                            TLSHandler(
+                                context: tls,
+                                handshakeTimeout: configuration.handshakeTimeout,
+                                buffers: buffers,
+                                logger: configuration.logger
+                            )
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        LengthEchoServerHandler(configuration: configuration, allocator: channel.allocator)
+                        LengthEchoServerHandler(configuration: configuration, allocator: channel.allocator, buffers: buffers)
                     )
                 }
             }

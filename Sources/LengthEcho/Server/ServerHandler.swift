@@ -1,3 +1,4 @@
+import LengthEchoTLS
 import Logging
 import NIOCore
 
@@ -42,8 +43,10 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private var draining = false
     private let onMessage: (@Sendable (ByteBuffer) -> Void)?
     private let logger: Logger
+    private let buffers: LoopBuffers?
 
-    init(configuration: ServerConfiguration, allocator: ByteBufferAllocator) {
+    init(configuration: ServerConfiguration, allocator: ByteBufferAllocator, buffers: LoopBuffers? = nil) {
+        self.buffers = buffers
         self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength)
         self.empty = allocator.buffer(capacity: 0)
         self.pending = self.empty
@@ -114,6 +117,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
         self.onMessage?(message)
+        if self.replies.capacity == 0, let buffers = self.buffers {
+            self.replies = buffers.replies.take(capacity: Reply.encodedLength(ofMessageLength: message.readableBytes))
+        }
         Reply.write(echoOf: message, into: &self.replies)
         if self.replies.readableBytes >= Self.batchLimit {
             self.flushReplies(context: context)
@@ -127,6 +133,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         let out = self.replies
         self.replies = self.empty
         context.writeAndFlush(self.wrapOutboundOut(out), promise: nil)
+        self.buffers?.replies.giveBack(out)
     }
 
     func read(context: ChannelHandlerContext) {
