@@ -68,6 +68,13 @@ public final class LengthEchoServer: Sendable {
         // One listening socket per event loop (SO_REUSEPORT): the kernel spreads connections over them, and
         // each connection lives on the loop that accepted it, with no hand-off between threads.
         let loops = Array(group.makeIterator())
+        var loopStates: [NIOLoopBound<ServerLoopState>] = []
+        for loop in loops {
+            let idleTimeout = configuration.idleTimeout
+            loopStates.append(
+                try await loop.submit { NIOLoopBound(ServerLoopState(loop: loop, idleTimeout: idleTimeout), eventLoop: loop) }.get()
+            )
+        }
         for host in configuration.hosts {
             let address: SocketAddress
             do {
@@ -84,12 +91,11 @@ public final class LengthEchoServer: Sendable {
                 }
                 try await giveUp(.bindFailed(host: host, port: port, reason: Self.explain(errno: errno, port: port)))
             }
-            for loop in loops {
+            for (loop, loopState) in zip(loops, loopStates) {
                 do {
-                    let buffers = try await loop.submit { NIOLoopBound(LoopBuffers(), eventLoop: loop) }.get()
                     let listener = try await Self.bootstrap(
                         loop: loop,
-                        buffers: buffers,
+                        loopState: loopState,
                         configuration: configuration,
                         tracker: tracker,
                         ipv6Only: address.protocol == .inet6
@@ -117,7 +123,7 @@ public final class LengthEchoServer: Sendable {
 
     private static func bootstrap(
         loop: any EventLoop,
-        buffers: NIOLoopBound<LoopBuffers>,
+        loopState: NIOLoopBound<ServerLoopState>,
         configuration: ServerConfiguration,
         tracker: ConnectionTracker,
         ipv6Only: Bool
@@ -146,19 +152,19 @@ public final class LengthEchoServer: Sendable {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     // The child lives on the loop that accepted it, which owns these buffers.
-                    let buffers = buffers.value
+                    let loopState = loopState.value
                     if let tls = configuration.tls {
                         try channel.pipeline.syncOperations.addHandler(
                             TLSHandler(
                                 context: tls,
                                 handshakeTimeout: configuration.handshakeTimeout,
-                                buffers: buffers,
+                                buffers: loopState.buffers,
                                 logger: configuration.logger
                             )
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        LengthEchoServerHandler(configuration: configuration, allocator: channel.allocator, buffers: buffers)
+                        LengthEchoServerHandler(configuration: configuration, allocator: channel.allocator, loopState: loopState)
                     )
                 }
             }

@@ -37,16 +37,18 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private let empty: ByteBuffer
     private let idleTimeout: TimeAmount
     private var lastActivity = NIODeadline.now()
-    private var idleTimer: Scheduled<Void>?
+    private var watched = false
     private var lingerTimer: Scheduled<Void>?
     private var readHeld = false
     private var draining = false
     private let onMessage: (@Sendable (ByteBuffer) -> Void)?
     private let logger: Logger
     private let buffers: LoopBuffers?
+    private let loopState: ServerLoopState
 
-    init(configuration: ServerConfiguration, allocator: ByteBufferAllocator, buffers: LoopBuffers? = nil) {
-        self.buffers = buffers
+    init(configuration: ServerConfiguration, allocator: ByteBufferAllocator, loopState: ServerLoopState) {
+        self.loopState = loopState
+        self.buffers = loopState.buffers
         self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength)
         self.empty = allocator.buffer(capacity: 0)
         self.pending = self.empty
@@ -59,18 +61,21 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     // MARK: accept: the connection starts
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { self.startIdleTimer(context: context) }
+        if context.channel.isActive { self.startWatching(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if self.idleTimer == nil { self.startIdleTimer(context: context) }
+        self.startWatching(context: context)
         context.fireChannelActive()
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.stopWatching()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        self.idleTimer?.cancel()
+        self.stopWatching()
         self.lingerTimer?.cancel()
-        self.idleTimer = nil
         self.lingerTimer = nil
         self.pending = self.empty
         context.fireChannelInactive()
@@ -192,7 +197,6 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     /// Writes what replies are left and closes once they are on the wire.
     private func closeAfterReplies(context: ChannelHandlerContext) {
         self.state = .closing
-        self.idleTimer?.cancel()
         let out = self.replies
         self.replies = self.empty
         let written = context.eventLoop.makePromise(of: Void.self)
@@ -207,7 +211,6 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     /// kernel answer the unread input with a reset, which can destroy the error before the client reads it.
     private func reject(context: ChannelHandlerContext, reason: String) {
         self.state = .rejecting
-        self.idleTimer?.cancel()
         self.pending = self.empty
         self.logger.notice(
             "closing connection: \(reason)",
@@ -240,25 +243,23 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     // MARK: timeouts
 
-    private func startIdleTimer(context: ChannelHandlerContext) {
+    private func startWatching(context: ChannelHandlerContext) {
+        guard !self.watched else { return }
+        self.watched = true
         self.lastActivity = .now()
-        self.scheduleIdleCheck(context: context, at: self.lastActivity + self.idleTimeout)
+        self.loopState.watch(self, context: context)
     }
 
-    private func scheduleIdleCheck(context: ChannelHandlerContext, at deadline: NIODeadline) {
-        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
-            self.idleCheck(context: context)
-        }
+    private func stopWatching() {
+        guard self.watched else { return }
+        self.watched = false
+        self.loopState.forget(self)
     }
 
-    /// The timer is not moved on every read; it checks when it fires whether the connection was really idle.
-    private func idleCheck(context: ChannelHandlerContext) {
-        guard case .serving = self.state else { return }
-        let deadline = self.lastActivity + self.idleTimeout
-        if deadline > .now() {
-            self.scheduleIdleCheck(context: context, at: deadline)
-            return
-        }
+    /// Called by the loop's idle sweep: acts once nothing has arrived for the idle timeout.
+    func checkIdle(now: NIODeadline, context: ChannelHandlerContext) {
+        guard case .serving = self.state, now >= self.lastActivity + self.idleTimeout else { return }
+        self.stopWatching()
         let seconds = Double(self.idleTimeout.nanoseconds) / 1e9
         if self.pending.readableBytes > 0 {
             self.reject(
