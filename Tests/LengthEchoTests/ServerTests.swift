@@ -60,6 +60,19 @@ struct ServerTests {
         await server.shutdown()
     }
 
+    @Test("large and small messages pipelined together come back whole and in order")
+    func mixedSizes() async throws {
+        let server = try await startServer()
+        let client = LengthEchoClient(configuration: ClientConfiguration(port: server.port))
+        let messages = [1, 20_000, 3, 100_000, 16 * 1024, 0, 7].enumerated().map { index, size in
+            (0..<size).map { UInt8(0x41 + ($0 + index) % 26) }
+        }
+        let replies = try await client.send(pipelined: messages)
+        #expect(replies.map(\.bytes) == messages.map { bytes("\($0.count) : ") + $0 })
+        await client.close()
+        await server.shutdown()
+    }
+
     @Test("a 1 MiB message, the default limit, is echoed whole")
     func oneMebibyte() async throws {
         let server = try await startServer()

@@ -39,6 +39,8 @@ struct TLSTests {
         #expect(try await client.send(bytes("test_string")).text == "11 : test_string")
         let big = (0..<(1 << 20)).map { UInt8(0x61 + $0 % 26) }
         #expect(try await client.send(big).length == 1 << 20)
+        let mixed = [5, 70_000, 0, 17_000].map { size in (0..<size).map { UInt8(0x30 + $0 % 10) } }
+        #expect(try await client.send(pipelined: mixed).map(\.length) == mixed.map(\.count))
         let messages = (0..<1000).map { bytes("pipelined \($0)") }
         let replies = try await client.send(pipelined: messages)
         #expect(replies.map(\.bytes) == messages.map { bytes("\($0.count) : ") + $0 })

@@ -30,6 +30,14 @@ public enum Reply {
         buffer.writeInteger(terminator)
     }
 
+    /// Appends only the head of a reply, `<length> : `: the message and the terminator follow separately
+    /// (so a large message can be written without being copied).
+    @inlinable
+    public static func writeHeader(ofMessageLength length: Int, into buffer: inout ByteBuffer) {
+        writeDecimal(length, into: &buffer)
+        buffer.writeStaticString(separator)
+    }
+
     /// Appends an error reply: `error: <reason>\0`. Control bytes and NULs in `reason` are replaced so
     /// the reply stays one line and one frame.
     public static func write(error reason: String, into buffer: inout ByteBuffer) {

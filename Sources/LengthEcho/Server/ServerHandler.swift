@@ -25,6 +25,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     /// Replies are flushed early when a burst of pipelined messages produces this many bytes.
     private static let batchLimit = 64 * 1024
+    /// Messages at least this long are echoed without being copied into the reply buffer.
+    private static let zeroCopyThreshold = 16 * 1024
     /// After an error reply, how long input is discarded so the client can read the error.
     private static let lingerTime: TimeAmount = .seconds(2)
 
@@ -122,6 +124,17 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
         self.onMessage?(message)
+        if message.readableBytes >= Self.zeroCopyThreshold {
+            // Large: write the head, then the message's own bytes (a slice of what was read), then the NUL
+            // with the next batch. No copy of the message.
+            Reply.writeHeader(ofMessageLength: message.readableBytes, into: &self.replies)
+            let head = self.replies
+            self.replies = self.empty
+            context.write(self.wrapOutboundOut(head), promise: nil)
+            context.write(self.wrapOutboundOut(message), promise: nil)
+            self.replies.writeInteger(Reply.terminator)
+            return
+        }
         if self.replies.capacity == 0, let buffers = self.buffers {
             self.replies = buffers.replies.take(capacity: Reply.encodedLength(ofMessageLength: message.readableBytes))
         }
