@@ -48,6 +48,20 @@ struct TLSTests {
         await server.shutdown()
     }
 
+    @Test("a client that reconnects resumes its TLS session", arguments: [TLSVersion.tls12, .tls13])
+    func resumption(version: TLSVersion) async throws {
+        let certificates = try await TestCertificates.main.value
+        let server = try await self.tlsServer(certificates)
+        let client = self.tlsClient(server, try certificates.clientContext(maximumVersion: version))
+        #expect(try await client.send(bytes("first")).text == "5 : first")
+        #expect(await client.tlsInfo?.resumed == false)
+        await client.close()
+        #expect(try await client.send(bytes("second")).text == "6 : second")
+        #expect(await client.tlsInfo?.resumed == true)
+        await client.close()
+        await server.shutdown()
+    }
+
     @Test("100 concurrent TLS clients with an RSA certificate, by address and by name")
     func concurrentClients() async throws {
         let certificates = try await TestCertificates.rsa.value

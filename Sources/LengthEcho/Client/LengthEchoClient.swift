@@ -25,6 +25,8 @@ public actor LengthEchoClient {
     /// What the last TLS handshake agreed on (nil for plaintext).
     public private(set) var tlsInfo: TLSConnectionInfo?
     private var connectedSinceAsked = false
+    /// The last TLS session the server gave us, offered for resumption on the next connection.
+    private var session: TLSSession?
 
     /// True once after each new connection: lets a caller report each handshake once.
     public func takeNewConnectionFlag() -> Bool {
@@ -65,7 +67,10 @@ public actor LengthEchoClient {
                     // Report why the connection died, when something said so.
                     throw self.failure.recorded ?? LengthEchoError.closedBeforeReply
                 }
-                self.fresh = false
+                if self.fresh {
+                    self.fresh = false
+                    await self.keepSession(of: channel)
+                }
                 return try zip(messages, raw).map { message, reply in try Self.validate(reply, of: message) }
             } catch where reusing && !retried && Self.closedByPeer(error) {
                 // The server closed the connection after its last reply (the original C server always does):
@@ -87,12 +92,23 @@ public actor LengthEchoClient {
         return self.tlsInfo
     }
 
-    /// Closes the connection.
+    /// Closes the connection. A TLS session is kept, so the next connection can resume it.
     public func close() async {
         if let channel = self.channel {
             self.channel = nil
+            await self.keepSession(of: channel)
             try? await channel.close()
         }
+    }
+
+    /// Remembers the TLS session of `channel` (it arrives with the first data after a TLS 1.3 handshake), so
+    /// a reconnection resumes it instead of paying for a full handshake.
+    private func keepSession(of channel: any Channel) async {
+        guard self.configuration.tls != nil, channel.isActive else { return }
+        let session = try? await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: TLSHandler.self).session
+        }.get()
+        if let session { self.session = session }
     }
 
     private func drop(_ channel: any Channel) {
@@ -105,7 +121,9 @@ public actor LengthEchoClient {
     private func connection() async throws -> any Channel {
         if let channel = self.channel, channel.isActive { return channel }
         if let connecting = self.connecting { return try await connecting.value.0 }
-        let task = Task { [configuration, group] in try await Self.connect(configuration, group: group) }
+        let task = Task { [configuration, group, session] in
+            try await Self.connect(configuration, group: group, session: session)
+        }
         self.connecting = task
         defer { self.connecting = nil }
         let (channel, info, failure) = try await task.value
@@ -118,7 +136,7 @@ public actor LengthEchoClient {
     }
 
     /// `connect()`, then the TLS handshake when TLS is on: a connection is returned ready for messages.
-    private static func connect(_ configuration: ClientConfiguration, group: any EventLoopGroup) async throws
+    private static func connect(_ configuration: ClientConfiguration, group: any EventLoopGroup, session: TLSSession?) async throws
         -> (any Channel, TLSConnectionInfo?, ConnectionFailure)
     {
         let failure = ConnectionFailure()
@@ -136,7 +154,8 @@ public actor LengthEchoClient {
                                 context: tls,
                                 expectedHost: configuration.serverName ?? configuration.host,
                                 handshakeTimeout: configuration.handshakeTimeout,
-                                handshakeCompleted: handshake
+                                handshakeCompleted: handshake,
+                                resuming: session
                             )
                         )
                     }
