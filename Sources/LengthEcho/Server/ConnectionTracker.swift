@@ -1,43 +1,38 @@
-import NIOCore
 import Synchronization
 
-/// The open connections, so the server can cap how many there are and drain them on shutdown.
+/// How many connections are open, so the server can cap them; and whether it is draining.
+///
+/// One atomic counter, no lock and no per-connection bookkeeping here: each event loop's `ServerLoopState`
+/// knows its own connections, which is all a drain needs.
 final class ConnectionTracker: Sendable {
-    private struct State {
-        var channels: [ObjectIdentifier: any Channel] = [:]
-        var draining = false
-    }
-
     let limit: Int
-    private let state = Mutex(State())
+    private let open = Atomic<Int>(0)
+    private let draining = Atomic<Bool>(false)
 
     init(limit: Int) {
         self.limit = limit
     }
 
-    /// Records `channel` and returns true, or returns false when the server is full or draining.
-    func admit(_ channel: any Channel) -> Bool {
-        let id = ObjectIdentifier(channel)
-        let admitted = self.state.withLock { state in
-            guard !state.draining, state.channels.count < self.limit else { return false }
-            state.channels[id] = channel
-            return true
+    /// Counts a new connection and returns true, or returns false when the server is full or draining.
+    func admit() -> Bool {
+        if self.draining.load(ordering: .relaxed) { return false }
+        let (_, now) = self.open.add(1, ordering: .relaxed)
+        if now > self.limit {
+            self.open.subtract(1, ordering: .relaxed)
+            return false
         }
-        if admitted {
-            channel.closeFuture.whenComplete { _ in
-                _ = self.state.withLock { $0.channels.removeValue(forKey: id) }
-            }
-        }
-        return admitted
+        return true
     }
 
-    var count: Int { self.state.withLock { $0.channels.count } }
+    /// Called once for every admitted connection when it ends.
+    func release() {
+        self.open.subtract(1, ordering: .relaxed)
+    }
 
-    /// Refuses new connections from now on and returns the open ones.
-    func beginDrain() -> [any Channel] {
-        self.state.withLock { state in
-            state.draining = true
-            return Array(state.channels.values)
-        }
+    var count: Int { self.open.load(ordering: .relaxed) }
+
+    /// Refuses new connections from now on.
+    func beginDrain() {
+        self.draining.store(true, ordering: .relaxed)
     }
 }

@@ -18,6 +18,7 @@ public final class LengthEchoServer: Sendable {
     public let localAddresses: [SocketAddress]
     private let listeners: [any Channel]
     private let tracker: ConnectionTracker
+    private let loopStates: [NIOLoopBound<ServerLoopState>]
     private let group: any EventLoopGroup
     private let ownsGroup: Bool
 
@@ -31,9 +32,11 @@ public final class LengthEchoServer: Sendable {
         configuration: ServerConfiguration,
         listeners: [any Channel],
         tracker: ConnectionTracker,
+        loopStates: [NIOLoopBound<ServerLoopState>],
         group: any EventLoopGroup,
         ownsGroup: Bool
     ) {
+        self.loopStates = loopStates
         self.configuration = configuration
         self.listeners = listeners
         var seen = Set<String>()
@@ -116,6 +119,7 @@ public final class LengthEchoServer: Sendable {
             configuration: configuration,
             listeners: listeners,
             tracker: tracker,
+            loopStates: loopStates,
             group: group,
             ownsGroup: ownsGroup
         )
@@ -140,9 +144,8 @@ public final class LengthEchoServer: Sendable {
             bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
         }
         return bootstrap
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
-                guard tracker.admit(channel) else {
+                guard tracker.admit() else {
                     configuration.logger.warning(
                         "refusing a connection: \(tracker.limit) connections are open (--max-connections)"
                     )
@@ -151,6 +154,9 @@ public final class LengthEchoServer: Sendable {
                     }
                 }
                 return channel.eventLoop.makeCompletedFuture {
+                    // Set here, synchronously, rather than as a child option applied through futures.
+                    // A client's half-close is its last message, not the end of the conversation.
+                    try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                     // The child lives on the loop that accepted it, which owns these buffers.
                     let loopState = loopState.value
                     if let tls = configuration.tls {
@@ -164,7 +170,12 @@ public final class LengthEchoServer: Sendable {
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        LengthEchoServerHandler(configuration: configuration, allocator: channel.allocator, loopState: loopState)
+                        LengthEchoServerHandler(
+                            configuration: configuration,
+                            allocator: channel.allocator,
+                            loopState: loopState,
+                            tracker: tracker
+                        )
                     )
                 }
             }
@@ -211,10 +222,14 @@ public final class LengthEchoServer: Sendable {
         for listener in self.listeners {
             try? await listener.close()
         }
-        let open = self.tracker.beginDrain()
-        for channel in open {
-            channel.pipeline.fireUserInboundEventTriggered(DrainEvent())
+        self.tracker.beginDrain()
+        var draining: [any Channel] = []
+        for state in self.loopStates {
+            if let channels = try? await state.eventLoop.submit({ state.value.drain() }).get() {
+                draining += channels
+            }
         }
+        let open = draining
         if !open.isEmpty {
             let loop = self.group.next()
             let timeout = loop.scheduleTask(in: self.configuration.drainTimeout) {

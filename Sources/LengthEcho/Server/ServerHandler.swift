@@ -47,9 +47,16 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private let logger: Logger
     private let buffers: LoopBuffers?
     private let loopState: ServerLoopState
+    private let tracker: ConnectionTracker
 
-    init(configuration: ServerConfiguration, allocator: ByteBufferAllocator, loopState: ServerLoopState) {
+    init(
+        configuration: ServerConfiguration,
+        allocator: ByteBufferAllocator,
+        loopState: ServerLoopState,
+        tracker: ConnectionTracker
+    ) {
         self.loopState = loopState
+        self.tracker = tracker
         self.buffers = loopState.buffers
         self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength)
         self.empty = allocator.buffer(capacity: 0)
@@ -73,6 +80,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.stopWatching()
+        self.tracker.release()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -177,13 +185,16 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             self.peerFinishedSending(context: context)
-        } else if event is DrainEvent {
-            self.draining = true
-            if case .serving = self.state, self.pending.readableBytes == 0 {
-                self.closeAfterReplies(context: context)
-            }
         } else {
             context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    /// The server is shutting down: answer what has arrived, then close; idle connections close now.
+    func drain(context: ChannelHandlerContext) {
+        self.draining = true
+        if case .serving = self.state, self.pending.readableBytes == 0 {
+            self.closeAfterReplies(context: context)
         }
     }
 

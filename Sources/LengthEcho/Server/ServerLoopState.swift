@@ -26,6 +26,15 @@ final class ServerLoopState {
         self.connections.removeValue(forKey: ObjectIdentifier(handler))
     }
 
+    /// Tells every connection of this loop to drain; returns their channels, to wait for them to close.
+    func drain() -> [any Channel] {
+        let entries = Array(self.connections.values)
+        for entry in entries {
+            entry.handler.drain(context: entry.context)
+        }
+        return entries.map { $0.context.channel }
+    }
+
     private func scheduleSweep() {
         self.sweep = self.loop.assumeIsolated().scheduleTask(in: self.interval) {
             self.sweep = nil
