@@ -100,15 +100,17 @@ json_field() { grep -o "\"$2\":[-0-9.e+]*" <<<"$1" | head -1 | cut -d: -f2; }
 ROWS=()
 add_row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 |"); echo "  $1 | $2 | $3 req/s | $4 µs CPU/req | p50 $5 µs | errors $6 | $7" >&2; }
 
-# measure CELL SERVER "PIDS" NOTE BENCH-ARGS...
+# measure CELL SERVER "PIDS" NOTE BENCH-ARGS...   (FRONT_PIDS, if set, are also reported on their own)
 measure() {
     local cell="$1" server="$2" pids="$3" note="$4"
     shift 4
     "$BIN/bench" "$@" --duration "$WARMUP" --warmup 0 >/dev/null
-    local before after result
+    local before after result front_before front_after
     before="$(cpu_ticks $pids)"
+    front_before="$( [ -n "${FRONT_PIDS:-}" ] && cpu_ticks $FRONT_PIDS || echo 0)"
     result="$("$BIN/bench" "$@" --duration "$DURATION" --warmup 0 --json)"
     after="$(cpu_ticks $pids)"
+    front_after="$( [ -n "${FRONT_PIDS:-}" ] && cpu_ticks $FRONT_PIDS || echo 0)"
     local requests rps p50 errors cpu
     requests="$(json_field "$result" requests)"
     rps="$(json_field "$result" requests_per_second)"
@@ -116,6 +118,10 @@ measure() {
     errors="$(grep -o '"errors":{[^}]*}' <<<"$result" | sed 's/"errors"://; s/[{}"]//g')"
     [ -n "$errors" ] || errors="0"
     cpu="$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')"
+    if [ -n "${FRONT_PIDS:-}" ]; then
+        LAST_FRONT_CPU="$(awk -v t=$((front_after - front_before)) -v hz="$HZ" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')"
+        note="${note:+$note; }$LAST_FRONT_CPU µs of it in the TLS front"
+    fi
     local benchcpu
     benchcpu="$(json_field "$result" bench_cpu_seconds)"
     note="${note:+$note; }bench CPU $(awk -v b="$benchcpu" -v n="$requests" 'BEGIN { printf "%.1f", b * 1e6 / n }') µs/req"
@@ -190,11 +196,14 @@ NGINX
     NGINX_MASTER=$LAST_PID
     wait_port "$NGINX"
     NGINX_PIDS="$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"
+    FRONT_PIDS="$NGINX_PIDS"
     measure "TLS 1.3 full handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
     NGINX_FULL_CPU=$LAST_CPU
+    NGINX_ONLY_FULL_CPU=$LAST_FRONT_CPU
     measure "TLS 1.3 resumed handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
     measure "TLS 1.3 persistent, 11 B" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
     measure "TLS 1.3 persistent, 64 KiB" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+    FRONT_PIDS=""
     stop $NGINX_PIDS
 fi
 
@@ -213,10 +222,12 @@ sslVersionMin = TLSv1.2
 STUNNEL
     start stunnel stunnel "$WORK/stunnel.conf"
     STUNNEL_PID=$LAST_PID
+    FRONT_PIDS="$STUNNEL_PID"
     wait_port "$STUNNEL"
     measure "TLS 1.3 full handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
     measure "TLS 1.3 resumed handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
     measure "TLS 1.3 persistent, 11 B" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+    FRONT_PIDS=""
     stop "$STUNNEL_PID"
 fi
 
@@ -282,7 +293,7 @@ stop "$LAST_PID"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 SUMMARY=(
     "- Plaintext, connection per request: length-echo / iterative C server = **$(ratio "$OURS_PER_REQ" "$C_PER_REQ")×** requests/s."
-    "- TLS 1.3 full handshake, server CPU: length-echo $OURS_FULL_CPU µs vs nginx+backend ${NGINX_FULL_CPU:-n/a} µs per handshake; crypto floor (1 ECDSA P-256 sign + 1 X25519) $FLOOR_US µs, so length-echo spends **$(ratio "$OURS_FULL_CPU" "$FLOOR_US")×** the floor."
+    "- TLS 1.3 full handshake, server CPU: length-echo $OURS_FULL_CPU µs vs nginx+backend ${NGINX_FULL_CPU:-n/a} µs (nginx alone ${NGINX_ONLY_FULL_CPU:-n/a} µs) per handshake: **$(ratio "$OURS_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own; crypto floor (1 ECDSA P-256 sign + 1 X25519) $FLOOR_US µs, so length-echo spends **$(ratio "$OURS_FULL_CPU" "$FLOOR_US")×** the floor."
     "- Resumption: full / resumed server CPU = **$(ratio "$OURS_FULL_CPU" "$OURS_RESUMED_CPU")×** on TLS 1.3, **$(ratio "$OURS_FULL12_CPU" "$OURS_RESUMED12_CPU")×** on TLS 1.2."
     "- Persistent 11 B: TLS / plaintext = **$(ratio "$OURS_TLS_PERSISTENT" "$OURS_PLAIN_PERSISTENT")×** requests/s."
     "- Persistent 64 KiB over TLS: $(awk -v r="$OURS_64K_RPS" 'BEGIN { printf "%.0f", r * 65536 * 2 / 1e6 }') MB/s of messages and replies vs the AES-128-GCM floor of $GCM_MBS MB/s (one core) = **$(ratio "$(awk -v r="$OURS_64K_RPS" 'BEGIN { print r * 65536 * 2 / 1e6 }')" "$GCM_MBS")×**."
