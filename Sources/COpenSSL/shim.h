@@ -35,6 +35,8 @@ static inline long shim_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
 static inline long shim_SSL_set_mode(SSL *ssl, long mode) { return SSL_set_mode(ssl, mode); }
 static inline long shim_BIO_get_mem_ptr(BIO *bio, BUF_MEM **out) { return BIO_get_mem_ptr(bio, out); }
 static inline long shim_BIO_set_mem_eof_return(BIO *bio, int value) { return BIO_set_mem_eof_return(bio, value); }
+static inline void shim_BIO_set_retry_read(BIO *bio) { BIO_set_retry_read(bio); }
+static inline void shim_BIO_clear_retry_flags(BIO *bio) { BIO_clear_retry_flags(bio); }
 static inline size_t shim_BIO_ctrl_pending(BIO *bio) { return BIO_ctrl_pending(bio); }
 
 static inline uint64_t shim_SSL_OP_NO_COMPRESSION(void) { return SSL_OP_NO_COMPRESSION; }

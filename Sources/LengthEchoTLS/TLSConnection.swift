@@ -29,8 +29,8 @@ final class TLSConnection {
     }
 
     let ssl: OpaquePointer
-    private var input: OpaquePointer
-    private var output: OpaquePointer
+    /// The ciphertext both ways; the `SSL` reads and writes it through a BIO made over it.
+    let io = ByteBufferBIO()
     let context: TLSContext
     /// The host name or address the client connected to and verifies (client role).
     let expectedHost: String?
@@ -40,17 +40,12 @@ final class TLSConnection {
         guard let ssl = SSL_new(context.pointer) else {
             throw TLSError(.protocolError, "cannot create a TLS connection: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
         }
-        guard let input = BIO_new(BIO_s_mem()), let output = BIO_new(BIO_s_mem()) else {
+        guard let bio = self.io.makeBIO() else {
             SSL_free(ssl)
-            throw TLSError(.protocolError, "cannot create memory BIOs")
+            throw TLSError(.protocolError, "cannot create the TLS connection's BIO")
         }
-        // An empty input BIO means "wait for more", never end of stream.
-        _ = shim_BIO_set_mem_eof_return(input, -1)
-        _ = shim_BIO_set_mem_eof_return(output, -1)
-        SSL_set_bio(ssl, input, output)  // the SSL owns both BIOs now
+        SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO now
         self.ssl = ssl
-        self.input = input
-        self.output = output
         self.context = context
         self.expectedHost = expectedHost
         if context.isServer {
@@ -91,38 +86,16 @@ final class TLSConnection {
 
     // MARK: ciphertext in and out
 
-    /// Hands bytes from the socket to OpenSSL. A memory BIO takes everything.
+    /// Hands bytes from the socket to OpenSSL.
     func feed(_ buffer: ByteBuffer) {
-        buffer.withUnsafeReadableBytes { bytes in
-            guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-            _ = BIO_write(self.input, base, Int32(bytes.count))
-        }
+        self.io.feed(buffer)
     }
 
-    var outputPending: Int { Int(shim_BIO_ctrl_pending(self.output)) }
+    var outputPending: Int { self.io.outbound.readableBytes }
 
-    /// After the handshake the memory BIOs keep buffers as large as the biggest flight (the certificate chain):
-    /// give them back by swapping in fresh, empty BIOs when there is nothing in them.
+    /// Gives back buffers left from the handshake when there is nothing in them.
     func shrinkBuffers() {
-        if self.outputPending == 0, let fresh = BIO_new(BIO_s_mem()) {
-            _ = shim_BIO_set_mem_eof_return(fresh, -1)
-            SSL_set0_wbio(self.ssl, fresh)  // frees the old one
-            self.output = fresh
-        }
-        if self.inputPending == 0, let fresh = BIO_new(BIO_s_mem()) {
-            _ = shim_BIO_set_mem_eof_return(fresh, -1)
-            SSL_set0_rbio(self.ssl, fresh)
-            self.input = fresh
-        }
-    }
-
-    /// Moves what OpenSSL wrote for the peer into `buffer`.
-    func takeOutput(into buffer: inout ByteBuffer) {
-        let pending = self.outputPending
-        guard pending > 0 else { return }
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { out in
-            Int(max(0, BIO_read(self.output, out.baseAddress, Int32(pending))))
-        }
+        self.io.shrink()
     }
 
     // MARK: SSL calls, each with a clean error queue
@@ -133,7 +106,7 @@ final class TLSConnection {
     }
 
     /// Ciphertext fed in but not yet decrypted: an upper bound on the plaintext it can yield.
-    var inputPending: Int { Int(shim_BIO_ctrl_pending(self.input)) }
+    var inputPending: Int { self.io.inbound.readableBytes }
 
     /// Decrypts what it can into `buffer`, growing it only if OpenSSL holds more than it has room for.
     func read(into buffer: inout ByteBuffer) -> Status {

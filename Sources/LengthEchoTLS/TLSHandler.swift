@@ -178,6 +178,9 @@ public final class TLSHandler: ChannelDuplexHandler {
                 return
             }
         }
+        // Never hold the socket's read buffer past this read: NIO reuses it only if nobody else holds it,
+        // and otherwise keeps one more in its pool for the life of the connection.
+        defer { self.connection.shrinkBuffers() }
         switch self.state {
         case .idle, .closed:
             return
@@ -334,6 +337,10 @@ public final class TLSHandler: ChannelDuplexHandler {
     }
 
     private func encrypt(_ plaintext: ByteBuffer, promise: EventLoopPromise<Void>?) {
+        if self.connection.io.outbound.capacity == 0, let scratch = self.buffers?.ciphertext {
+            // Records are written straight into the loop's reusable buffer.
+            self.connection.io.outbound = scratch.take(capacity: plaintext.readableBytes + 64)
+        }
         if case .failed(let entries) = self.connection.write(plaintext) {
             promise?.fail(TLSError(.protocolError, "TLS write failed: \(OpenSSLErrors.describe(entries, fallback: "unknown error"))"))
             return
@@ -362,8 +369,8 @@ public final class TLSHandler: ChannelDuplexHandler {
             for promise in promises { promise.succeed() }
             return
         }
-        var ciphertext = self.buffers?.ciphertext.take(capacity: pending) ?? context.channel.allocator.buffer(capacity: pending)
-        self.connection.takeOutput(into: &ciphertext)
+        // Sent as OpenSSL wrote it; the buffer goes back to the loop's scratch once handed over.
+        let ciphertext = self.connection.io.takeOutbound()
         defer { self.buffers?.ciphertext.giveBack(ciphertext) }
         let promise: EventLoopPromise<Void>?
         switch promises.count {
