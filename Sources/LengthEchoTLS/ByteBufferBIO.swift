@@ -82,7 +82,8 @@ private final class ByteBufferBIOMethod: @unchecked Sendable {
                 return -1
             }
             buffers.inbound.withUnsafeReadableBytes { bytes in
-                UnsafeMutableRawPointer(data).copyMemory(from: bytes.baseAddress!, byteCount: count)
+                guard let base = bytes.baseAddress else { return }
+                UnsafeMutableRawPointer(data).copyMemory(from: base, byteCount: count)
             }
             buffers.inbound.moveReaderIndex(forwardBy: count)
             return Int32(count)

@@ -131,9 +131,10 @@ struct ClientCommand: AsyncParsableCommand {
         var line = reply.bytes
         line.append(UInt8(ascii: "\n"))
         line.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return }
             var offset = 0
             while offset < raw.count {
-                let n = write(1, raw.baseAddress! + offset, raw.count - offset)
+                let n = write(1, base + offset, raw.count - offset)
                 if n <= 0 { return }
                 offset += n
             }
