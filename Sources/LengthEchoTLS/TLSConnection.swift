@@ -260,11 +260,13 @@ final class TLSConnection {
     }
 
     static func hint(for text: String, isClient: Bool, hasCertificate: Bool) -> String {
-        if text.contains("certificate required") || (isClient && !hasCertificate && text.contains("alert handshake failure")) && text.contains("certificate required") {
-            return "the server requires a client certificate; pass --cert and --key (\(text))"
-        }
         if text.contains("certificate required") {
             return "the server requires a client certificate; pass --cert and --key (\(text))"
+        }
+        if isClient && !hasCertificate && text.contains("alert handshake failure") {
+            // TLS 1.2 servers say only "handshake failure" when a required client certificate is missing.
+            return "the server refused the handshake: it may require a client certificate (pass --cert and --key), "
+                + "or there is no cipher in common (\(text))"
         }
         if text.contains("peer did not return a certificate") {
             return "the client sent no certificate, and --client-auth required demands one (\(text))"
