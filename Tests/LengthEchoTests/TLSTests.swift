@@ -101,6 +101,14 @@ struct TLSTests {
             "\(error)".contains("requires a client certificate")
         }
 
+        // Over TLS 1.2 the server can only say "handshake failure"; the client still points at --cert.
+        let anonymous12 = self.tlsClient(server, try certificates.clientContext(maximumVersion: .tls12))
+        await #expect {
+            _ = try await anonymous12.send(bytes("no cert"))
+        } throws: { error in
+            "\(error)".contains("may require a client certificate")
+        }
+
         // A certificate from another CA; the client trusts the server's CA.
         let stranger = try TLSContext.client(
             trustRoots: .file(certificates.ca),
