@@ -21,7 +21,7 @@ struct ServerCommand: AsyncParsableCommand {
         discussion: """
             Prints `receive: <message>` for each message, as the original C server does (control bytes \
             escaped). SIGINT or SIGTERM drains: no new connections, messages already received are answered, \
-            then it exits 0.
+            then it exits 0. With --tls, SIGHUP reloads the certificate, key and client CA for new connections.
             """
     )
 
@@ -89,6 +89,31 @@ struct ServerCommand: AsyncParsableCommand {
         }
     }
 
+    private func makeTLSContext() throws -> TLSContext {
+        try TLSContext.server(
+            certificateChain: self.cert ?? "certs/server.pem",
+            privateKey: self.key ?? "certs/server.key",
+            clientCA: self.clientCA,
+            clientAuthentication: self.clientAuth,
+            minimumVersion: self.tlsMin
+        )
+    }
+
+    /// SIGHUP: read the certificate, key and client CA again (a renewal), for new connections. If they are
+    /// not usable, say why and keep serving with the ones already loaded.
+    private func reload(_ server: LengthEchoServer) {
+        guard self.tls else {
+            Standard.error("server: SIGHUP: nothing to reload without --tls")
+            return
+        }
+        do {
+            server.replaceTLSContext(try self.makeTLSContext())
+            Standard.error("server: SIGHUP: reloaded the certificate and key for new connections")
+        } catch {
+            Standard.error("server: SIGHUP: kept the certificate already loaded: \(error)")
+        }
+    }
+
     func run() async throws {
         let level = self.logLevel
         LoggingSystem.bootstrap { label in
@@ -107,13 +132,7 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.handshakeTimeout = .nanoseconds(Int64(self.handshakeTimeout * 1e9))
         if self.tls {
             do {
-                configuration.tls = try TLSContext.server(
-                    certificateChain: self.cert ?? "certs/server.pem",
-                    privateKey: self.key ?? "certs/server.key",
-                    clientCA: self.clientCA,
-                    clientAuthentication: self.clientAuth,
-                    minimumVersion: self.tlsMin
-                )
+                configuration.tls = try self.makeTLSContext()
             } catch {
                 Standard.error("server: \(error)")
                 if self.cert == nil { Standard.error("server: (make test certificates with scripts/gen-certs.sh)") }
@@ -124,7 +143,7 @@ struct ServerCommand: AsyncParsableCommand {
             configuration.onMessage = { message in ReceiveLog.print(message) }
         }
 
-        let signals = SignalWaiter(SIGINT, SIGTERM)
+        let signals = SignalWaiter(SIGINT, SIGTERM, SIGHUP)
         let server: LengthEchoServer
         do {
             server = try await LengthEchoServer.start(configuration: configuration)
@@ -135,10 +154,14 @@ struct ServerCommand: AsyncParsableCommand {
         let addresses = server.localAddresses.map { LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0) }
         Standard.error("server: listening on \(addresses.joined(separator: " and ")) (\(self.tls ? "TLS \(self.tlsMin.rawValue)+" + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)") : "plaintext"))")
 
-        let signal = await signals.next()
+        var signal = await signals.next()
+        while signal == SIGHUP {
+            self.reload(server)
+            signal = await signals.next()
+        }
         Standard.error("server: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
         Task {
-            _ = await signals.next()
+            while await signals.next() == SIGHUP {}
             Standard.error("server: second signal, exiting now")
             Glibc.exit(130)
         }

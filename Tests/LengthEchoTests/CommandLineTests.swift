@@ -107,4 +107,45 @@ struct CommandLineTests {
         let verified = try run("/usr/bin/env", ["openssl", "verify", "-CAfile", certificates.ca, certificates.serverCertificate, certificates.clientCertificate])
         #expect(verified.status == 0, "\(verified.output)")
     }
+
+    @Test("SIGHUP reloads a renewed certificate for new connections; a broken one is refused and the old one kept")
+    func reloadCertificate() async throws {
+        let first = try await TestCertificates.main.value
+        let second = try await TestCertificates.other.value
+        let directory = first.directory + "-reload-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func install(_ certificates: TestCertificates) throws {
+            for name in ["server.pem", "server.key"] {
+                let target = directory + "/" + name
+                try? FileManager.default.removeItem(atPath: target)
+                try FileManager.default.copyItem(atPath: certificates.directory + "/" + name, toPath: target)
+            }
+        }
+        try install(first)
+        let (server, port) = try await self.startServer(["--tls", "--cert", directory + "/server.pem", "--key", directory + "/server.key"])
+        func client(_ ca: String) async throws -> Executable {
+            let client = try Executable("client", ["--tls", "--ca", ca, "--port", "\(port)", "renewed"])
+            _ = await client.exitStatus()
+            return client
+        }
+        #expect(try await client(first.ca).stdout == "7 : renewed\n")
+
+        try install(second)
+        server.terminate(signal: SIGHUP)
+        await server.wait { $0.stderr.contains("reloaded the certificate") }
+        #expect(try await client(second.ca).stdout == "7 : renewed\n")
+        #expect(try await client(first.ca).stderr.contains("unknown CA"))
+
+        // A key that does not match: refused, and the server goes on with what it had.
+        try FileManager.default.removeItem(atPath: directory + "/server.key")
+        try FileManager.default.copyItem(atPath: first.serverKey, toPath: directory + "/server.key")
+        server.terminate(signal: SIGHUP)
+        await server.wait { $0.stderr.contains("kept the certificate already loaded") }
+        #expect(server.stderr.contains("does not match"))
+        #expect(try await client(second.ca).stdout == "7 : renewed\n")
+
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+    }
 }

@@ -9,6 +9,7 @@ import LengthEchoTLS
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// A running length-echo server: the tutorial's `socket()`, `bind()`, `listen()` and `accept()`, on every
 /// core. Start it with `start(configuration:)`, read `port`, and stop it with `shutdown()`.
@@ -18,12 +19,19 @@ public final class LengthEchoServer: Sendable {
     public let localAddresses: [SocketAddress]
     private let listeners: [any Channel]
     private let tracker: ConnectionTracker
+    private let tls: TLSContextHolder
     private let loopStates: [NIOLoopBound<ServerLoopState>]
     private let group: any EventLoopGroup
     private let ownsGroup: Bool
 
     /// The port the server listens on (the one the system chose, when configured with port 0).
     public var port: Int { self.localAddresses.first?.port ?? self.configuration.port }
+
+    /// Serves new TLS connections with `context` from now on (a renewed certificate, say); connections
+    /// already open keep the context they started with. Only for a server started with TLS.
+    public func replaceTLSContext(_ context: TLSContext) {
+        self.tls.replace(context)
+    }
 
     /// The number of open client connections.
     public var connectionCount: Int { self.tracker.count }
@@ -32,10 +40,12 @@ public final class LengthEchoServer: Sendable {
         configuration: ServerConfiguration,
         listeners: [any Channel],
         tracker: ConnectionTracker,
+        tls: TLSContextHolder,
         loopStates: [NIOLoopBound<ServerLoopState>],
         group: any EventLoopGroup,
         ownsGroup: Bool
     ) {
+        self.tls = tls
         self.loopStates = loopStates
         self.configuration = configuration
         self.listeners = listeners
@@ -59,6 +69,7 @@ public final class LengthEchoServer: Sendable {
         let ownsGroup = group == nil
         let group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let tracker = ConnectionTracker(limit: configuration.maximumConnections)
+        let tls = TLSContextHolder(configuration.tls)
         var listeners: [any Channel] = []
         var port = configuration.port
 
@@ -99,6 +110,7 @@ public final class LengthEchoServer: Sendable {
                     let listener = try await Self.bootstrap(
                         loop: loop,
                         loopState: loopState,
+                        tls: tls,
                         configuration: configuration,
                         tracker: tracker,
                         ipv6Only: address.protocol == .inet6
@@ -119,6 +131,7 @@ public final class LengthEchoServer: Sendable {
             configuration: configuration,
             listeners: listeners,
             tracker: tracker,
+            tls: tls,
             loopStates: loopStates,
             group: group,
             ownsGroup: ownsGroup
@@ -128,6 +141,7 @@ public final class LengthEchoServer: Sendable {
     private static func bootstrap(
         loop: any EventLoop,
         loopState: NIOLoopBound<ServerLoopState>,
+        tls: TLSContextHolder,
         configuration: ServerConfiguration,
         tracker: ConnectionTracker,
         ipv6Only: Bool
@@ -159,10 +173,10 @@ public final class LengthEchoServer: Sendable {
                     try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                     // The child lives on the loop that accepted it, which owns these buffers.
                     let loopState = loopState.value
-                    if let tls = configuration.tls {
+                    if let context = tls.current {
                         try channel.pipeline.syncOperations.addHandler(
                             TLSHandler(
-                                context: tls,
+                                context: context,
                                 handshakeTimeout: configuration.handshakeTimeout,
                                 buffers: loopState.buffers,
                                 logger: configuration.logger
@@ -240,6 +254,24 @@ public final class LengthEchoServer: Sendable {
         }
         if self.ownsGroup {
             try? await self.group.shutdownGracefully()
+        }
+    }
+}
+
+/// The server's TLS context: immutable, but replaceable as a whole (a certificate reload) for new connections.
+final class TLSContextHolder: Sendable {
+    private let context: Mutex<TLSContext?>
+
+    init(_ context: TLSContext?) {
+        self.context = Mutex(context)
+    }
+
+    var current: TLSContext? { self.context.withLock { $0 } }
+
+    /// A plaintext server stays plaintext.
+    func replace(_ context: TLSContext) {
+        self.context.withLock { current in
+            if current != nil { current = context }
         }
     }
 }
