@@ -139,8 +139,11 @@ struct ServerCommand: AsyncParsableCommand {
                 throw ExitCode.failure
             }
         }
+        var receiveLog: ReceiveLog?
         if !self.quiet {
-            configuration.onMessage = { message in ReceiveLog.print(message) }
+            let log = ReceiveLog()
+            receiveLog = log
+            configuration.onMessage = { message in log.print(message) }
         }
 
         let signals = SignalWaiter(SIGINT, SIGTERM, SIGHUP)
@@ -166,6 +169,7 @@ struct ServerCommand: AsyncParsableCommand {
             Glibc.exit(130)
         }
         await server.shutdown()
+        receiveLog?.flush()
         Standard.error("server: stopped")
     }
 }
@@ -174,16 +178,73 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 extension TLSVersion: ExpressibleByArgument {}
 extension ClientAuthentication: ExpressibleByArgument {}
 
-/// The original's `receive: <message>` line, one `write()` per line so lines from many threads never mix.
-enum ReceiveLog {
-    static func print(_ message: ByteBuffer) {
-        var line: [UInt8] = Array("receive: ".utf8)
-        line.reserveCapacity(message.readableBytes + 16)
-        message.withUnsafeReadableBytes { bytes in
-            Escaping.appendPrintable(UnsafeBufferPointer(start: bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), count: bytes.count), to: &line)
+/// The original's `receive: <message>` lines, written by a thread of their own.
+///
+/// Event loops only escape the message into a shared buffer (no allocation per message once it has grown);
+/// a printer thread writes it out. A slow or paused stdout (`server | less`) therefore never stalls the
+/// event loops: past 4 MiB of unwritten lines new ones are dropped, and the count of dropped lines is printed.
+final class ReceiveLog: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var pending: [UInt8] = []
+    private var dropped = 0
+    private var writing = false
+    private static let limit = 4 << 20
+    private static let prefix = Array("receive: ".utf8)
+
+    init() {
+        self.pending.reserveCapacity(64 * 1024)
+        Thread { [self] in self.run() }.start()
+    }
+
+    func print(_ message: ByteBuffer) {
+        self.condition.lock()
+        defer { self.condition.unlock() }
+        guard self.pending.count < Self.limit else {
+            self.dropped += 1
+            return
         }
-        line.append(UInt8(ascii: "\n"))
-        Standard.write(line, to: 1)
+        self.pending.append(contentsOf: Self.prefix)
+        message.withUnsafeReadableBytes { bytes in
+            Escaping.appendPrintable(bytes.bindMemory(to: UInt8.self), to: &self.pending)
+        }
+        self.pending.append(UInt8(ascii: "\n"))
+        self.condition.broadcast()  // the printer, or a flush waiting for it
+    }
+
+    /// Waits until every line printed so far is written (before the process exits).
+    func flush() {
+        self.condition.lock()
+        while !self.pending.isEmpty || self.writing {
+            self.condition.wait()
+        }
+        self.condition.unlock()
+    }
+
+    private func run() {
+        var out: [UInt8] = []
+        out.reserveCapacity(64 * 1024)
+        while true {
+            self.condition.lock()
+            while self.pending.isEmpty && self.dropped == 0 {
+                self.condition.wait()
+            }
+            swap(&out, &self.pending)
+            let dropped = self.dropped
+            self.dropped = 0
+            self.writing = true
+            self.condition.unlock()
+
+            Standard.write(out, to: 1)
+            if dropped > 0 {
+                Standard.write(Array("receive: (\(dropped) lines not shown: stdout is not keeping up)\n".utf8), to: 1)
+            }
+            out.removeAll(keepingCapacity: true)
+
+            self.condition.lock()
+            self.writing = false
+            self.condition.broadcast()
+            self.condition.unlock()
+        }
     }
 }
 
