@@ -2,7 +2,7 @@ import LengthEcho
 import NIOCore
 import Testing
 
-@Suite("Framing and encoding")
+@Suite("Framing and encoding", .timeLimit(.minutes(1)))
 struct ProtocolTests {
     private func frame(_ pieces: [[UInt8]], limit: Int = 1 << 20) throws -> [[UInt8]] {
         var framer = MessageFramer(maximumMessageLength: limit)
