@@ -122,6 +122,9 @@ measure() {
         LAST_FRONT_CPU="$(awk -v t=$((front_after - front_before)) -v hz="$HZ" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')"
         note="${note:+$note; }$LAST_FRONT_CPU µs of it in the TLS front"
     fi
+    if [ -n "${CELL_FLOOR_US:-}" ] && [ "$cpu" != "n/a" ]; then
+        note="crypto floor $CELL_FLOOR_US µs = $(awk -v f="$CELL_FLOOR_US" -v c="$cpu" 'BEGIN { printf "%.0f", 100 * f / c }')% of the server CPU${note:+; $note}"
+    fi
     local benchcpu
     benchcpu="$(json_field "$result" bench_cpu_seconds)"
     note="${note:+$note; }bench CPU $(awk -v b="$benchcpu" -v n="$requests" 'BEGIN { printf "%.1f", b * 1e6 / n }') µs/req"
@@ -134,7 +137,11 @@ echo "bench.sh: crypto floor (openssl speed)" >&2
 SIGN_PER_S="$(openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/ecdsa \(nistp256\)/ {print $(NF-1)}')"
 X25519_PER_S="$(openssl speed -seconds 2 ecdhx25519 2>/dev/null | awk '/X25519/ {print $NF}')"
 GCM_KBS="$(openssl speed -seconds 2 -evp aes-128-gcm 2>/dev/null | awk '/^(AES-128-GCM|aes-128-gcm)/ {print $NF}' | tr -d k)"
-FLOOR_US="$(awk -v s="$SIGN_PER_S" -v x="$X25519_PER_S" 'BEGIN { printf "%.1f", 1e6 / s + 1e6 / x }')"
+# A full ECDHE-ECDSA handshake costs the server at least one P-256 signature and two X25519 operations (its key
+# share and the shared secret); a TLS 1.3 resumption at least the two X25519 operations.
+FLOOR_US="$(awk -v s="$SIGN_PER_S" -v x="$X25519_PER_S" 'BEGIN { printf "%.1f", 1e6 / s + 2e6 / x }')"
+RESUMED_FLOOR_US="$(awk -v x="$X25519_PER_S" 'BEGIN { printf "%.1f", 2e6 / x }')"
+aes_floor() { awk -v n="$1" -v m="$GCM_MBS" 'BEGIN { printf "%.2f", 2 * n / (m * 1e6) * 1e6 }'; }  # decrypt + encrypt n bytes
 GCM_MBS="$(awk -v k="$GCM_KBS" 'BEGIN { printf "%.0f", k * 1000 / 1e6 }')"
 
 echo "bench.sh: plaintext" >&2
@@ -145,6 +152,7 @@ measure "plaintext, connection per request, 11 B" "length-echo" "$OURS_PID" "" -
 OURS_PER_REQ=$LAST_RPS
 measure "plaintext, persistent, 11 B" "length-echo" "$OURS_PID" "" --port "$OURS" -c "$CONNECTIONS" --mode persistent
 OURS_PLAIN_PERSISTENT=$LAST_RPS
+stop "$OURS_PID"
 
 start c-server "$WORK/iterative-server" "$C_SERVER"
 C_PID=$LAST_PID
@@ -158,18 +166,24 @@ start ours-tls "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --ke
 OURS_TLS_PID=$LAST_PID
 wait_port "$OURS_TLS"
 TLSARGS=(--tls --ca "$CA" --server-name localhost)
-measure "TLS 1.3 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
 OURS_FULL_CPU=$LAST_CPU
-measure "TLS 1.3 resumed handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
 OURS_RESUMED_CPU=$LAST_CPU
-measure "TLS 1.2 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" --tls-max 1.2 -c "$CONNECTIONS" --mode per-request --no-resume
+CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.2 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" --tls-max 1.2 -c "$CONNECTIONS" --mode per-request --no-resume
 OURS_FULL12_CPU=$LAST_CPU
 measure "TLS 1.2 resumed handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" --tls-max 1.2 -c "$CONNECTIONS" --mode per-request --resume
 OURS_RESUMED12_CPU=$LAST_CPU
-measure "TLS 1.3 persistent, 11 B" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
 OURS_TLS_PERSISTENT=$LAST_RPS
-measure "TLS 1.3 persistent, 64 KiB" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
 OURS_64K_RPS=$LAST_RPS
+stop "$OURS_TLS_PID"  # one server at a time: the TLS fronts below have only the plaintext backend behind them
+
+# Our plaintext server again, now as the backend behind the TLS fronts.
+start ours-backend "$BIN/server" --quiet --log-level error --host 127.0.0.1 --port "$OURS" --max-connections 100000
+OURS_PID=$LAST_PID
+wait_port "$OURS"
 
 if command -v nginx >/dev/null; then
     echo "bench.sh: nginx stream TLS termination in front of length-echo" >&2
@@ -197,12 +211,12 @@ NGINX
     wait_port "$NGINX"
     NGINX_PIDS="$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"
     FRONT_PIDS="$NGINX_PIDS"
-    measure "TLS 1.3 full handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
     NGINX_FULL_CPU=$LAST_CPU
     NGINX_ONLY_FULL_CPU=$LAST_FRONT_CPU
-    measure "TLS 1.3 resumed handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
-    measure "TLS 1.3 persistent, 11 B" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
-    measure "TLS 1.3 persistent, 64 KiB" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+    CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+    CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+    CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
     FRONT_PIDS=""
     stop $NGINX_PIDS
 fi
@@ -224,13 +238,15 @@ STUNNEL
     STUNNEL_PID=$LAST_PID
     FRONT_PIDS="$STUNNEL_PID"
     wait_port "$STUNNEL"
-    measure "TLS 1.3 full handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-    measure "TLS 1.3 resumed handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
-    measure "TLS 1.3 persistent, 11 B" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+    CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+    CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+    CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "stunnel → length-echo" "$STUNNEL_PID $OURS_PID" "CPU of stunnel and the backend" --port "$STUNNEL" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
     FRONT_PIDS=""
     stop "$STUNNEL_PID"
 fi
 
+stop "$OURS_PID"
 echo "bench.sh: openssl s_server and length-echo under openssl s_time (one connection at a time)" >&2
 s_time_cell() {  # s_time_cell SERVER PIDS PORT FLAGS
     local before after out count seconds
@@ -253,6 +269,9 @@ wait_port "$S_SERVER"
 s_time_cell "openssl s_server" "$S_PID" "$S_SERVER" "-new"
 s_time_cell "openssl s_server" "$S_PID" "$S_SERVER" "-reuse"
 stop "$S_PID"
+start ours-tls-s-time "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
+OURS_TLS_PID=$LAST_PID
+wait_port "$OURS_TLS"
 s_time_cell "length-echo" "$OURS_TLS_PID" "$OURS_TLS" "-new"
 s_time_cell "length-echo" "$OURS_TLS_PID" "$OURS_TLS" "-reuse"
 
@@ -293,7 +312,7 @@ stop "$LAST_PID"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 SUMMARY=(
     "- Plaintext, connection per request: length-echo / iterative C server = **$(ratio "$OURS_PER_REQ" "$C_PER_REQ")×** requests/s."
-    "- TLS 1.3 full handshake, server CPU: length-echo $OURS_FULL_CPU µs vs nginx+backend ${NGINX_FULL_CPU:-n/a} µs (nginx alone ${NGINX_ONLY_FULL_CPU:-n/a} µs) per handshake: **$(ratio "$OURS_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own; crypto floor (1 ECDSA P-256 sign + 1 X25519) $FLOOR_US µs, so length-echo spends **$(ratio "$OURS_FULL_CPU" "$FLOOR_US")×** the floor."
+    "- TLS 1.3 full handshake, server CPU: length-echo $OURS_FULL_CPU µs vs nginx+backend ${NGINX_FULL_CPU:-n/a} µs (nginx alone ${NGINX_ONLY_FULL_CPU:-n/a} µs) per handshake: **$(ratio "$OURS_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own; crypto floor (1 ECDSA P-256 sign + 2 X25519) $FLOOR_US µs, so length-echo spends **$(ratio "$OURS_FULL_CPU" "$FLOOR_US")×** the floor."
     "- Resumption: full / resumed server CPU = **$(ratio "$OURS_FULL_CPU" "$OURS_RESUMED_CPU")×** on TLS 1.3, **$(ratio "$OURS_FULL12_CPU" "$OURS_RESUMED12_CPU")×** on TLS 1.2."
     "- Persistent 11 B: TLS / plaintext = **$(ratio "$OURS_TLS_PERSISTENT" "$OURS_PLAIN_PERSISTENT")×** requests/s."
     "- Persistent 64 KiB over TLS: $(awk -v r="$OURS_64K_RPS" 'BEGIN { printf "%.0f", r * 65536 * 2 / 1e6 }') MB/s of messages and replies vs the AES-128-GCM floor of $GCM_MBS MB/s (one core) = **$(ratio "$(awk -v r="$OURS_64K_RPS" 'BEGIN { print r * 65536 * 2 / 1e6 }')" "$GCM_MBS")×**."
