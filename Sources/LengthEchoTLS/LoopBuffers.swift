@@ -38,8 +38,11 @@ public final class LoopBuffers {
     public let plaintext: ScratchBuffer
     public let ciphertext: ScratchBuffer
     public let replies: ScratchBuffer
+    /// An empty buffer to share, so a connection's empty buffers cost no allocation each.
+    public let empty: ByteBuffer
 
     public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
+        self.empty = allocator.buffer(capacity: 0)
         self.plaintext = ScratchBuffer(allocator: allocator)
         self.ciphertext = ScratchBuffer(allocator: allocator)
         self.replies = ScratchBuffer(allocator: allocator)

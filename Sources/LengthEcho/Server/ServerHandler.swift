@@ -59,7 +59,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.tracker = tracker
         self.buffers = loopState.buffers
         self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength)
-        self.empty = allocator.buffer(capacity: 0)
+        self.empty = loopState.buffers.empty
         self.pending = self.empty
         self.replies = self.empty
         self.idleTimeout = configuration.idleTimeout
