@@ -257,6 +257,20 @@ struct ServerTests {
         await server.shutdown()
     }
 
+    @Test("a server that never answers is a reply timeout, not a hang")
+    func replyTimeout() async throws {
+        // Listening but never accepting: the connection completes in the backlog and nothing is ever read.
+        let (fd, port) = try bindLoopback()
+        defer { close(fd) }
+        #expect(listen(fd, 4) == 0)
+        var configuration = ClientConfiguration(port: port)
+        configuration.replyTimeout = .milliseconds(300)
+        let client = LengthEchoClient(configuration: configuration)
+        await #expect(throws: LengthEchoError.replyTimeout(seconds: 0.3)) { try await client.send(bytes("anyone?")) }
+        #expect(LengthEchoError.replyTimeout(seconds: 0.3).description == "no reply within 0.3 s (see --reply-timeout)")
+        await client.close()
+    }
+
     @Test("client errors: refused says no server is running; unknown hosts are named")
     func clientErrors() async throws {
         // A port that is bound but not listening refuses connections, and no other test can take it.
