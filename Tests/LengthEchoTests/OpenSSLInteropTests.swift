@@ -24,7 +24,7 @@ struct OpenSSLInteropTests {
         // The idle timeout closes the connection (with close_notify) once s_client has said everything.
         let server = try await startServer {
             $0.tls = context
-            $0.idleTimeout = .milliseconds(500)
+            $0.idleTimeout = .milliseconds(1500)
         }
         let result = try await self.sClient(port: server.port, ca: certificates.ca, "\(flag) -servername localhost")
         #expect(result.output == "11 : test_string\u{0}6 : second\u{0}")
