@@ -6,15 +6,14 @@ import Testing
 struct ProtocolTests {
     private func frame(_ pieces: [[UInt8]], limit: Int = 1 << 20) throws -> [[UInt8]] {
         var framer = MessageFramer(maximumMessageLength: limit)
-        var buffer = ByteBuffer()
         var messages: [[UInt8]] = []
         for piece in pieces {
-            buffer.writeBytes(piece)
-            while let message = try framer.nextMessage(in: &buffer) {
+            framer.append(ByteBuffer(bytes: piece))
+            while let message = try framer.next() {
                 messages.append(Array(message.readableBytesView))
             }
         }
-        #expect(buffer.readableBytes == 0, "bytes left unframed")
+        #expect(framer.bufferedBytes == 0, "bytes left unframed")
         return messages
     }
 
@@ -33,12 +32,12 @@ struct ProtocolTests {
     @Test("several messages in one buffer, and a partial one kept for later")
     func severalInOneBuffer() throws {
         var framer = MessageFramer(maximumMessageLength: 100)
-        var buffer = ByteBuffer(bytes: bytes("a\0bb\0ccc"))
-        #expect(try framer.nextMessage(in: &buffer).map { Array($0.readableBytesView) } == bytes("a"))
-        #expect(try framer.nextMessage(in: &buffer).map { Array($0.readableBytesView) } == bytes("bb"))
-        #expect(try framer.nextMessage(in: &buffer) == nil)
-        buffer.writeBytes([0])
-        #expect(try framer.nextMessage(in: &buffer).map { Array($0.readableBytesView) } == bytes("ccc"))
+        framer.append(ByteBuffer(bytes: bytes("a\0bb\0ccc")))
+        #expect(try framer.next().map { Array($0.readableBytesView) } == bytes("a"))
+        #expect(try framer.next().map { Array($0.readableBytesView) } == bytes("bb"))
+        #expect(try framer.next() == nil)
+        framer.append(ByteBuffer(bytes: [0]))
+        #expect(try framer.next().map { Array($0.readableBytesView) } == bytes("ccc"))
     }
 
     @Test("an empty message is a message")
@@ -53,23 +52,23 @@ struct ProtocolTests {
         #expect(try self.frame([atLimit, [0]], limit: 1024) == [atLimit])
 
         var framer = MessageFramer(maximumMessageLength: 1024)
-        var over = ByteBuffer(bytes: atLimit + [0x61, 0])
-        #expect(throws: LengthEchoError.messageTooLarge(limit: 1024)) { try framer.nextMessage(in: &over) }
+        framer.append(ByteBuffer(bytes: atLimit + [0x61, 0]))
+        #expect(throws: LengthEchoError.messageTooLarge(limit: 1024)) { try framer.next() }
 
         var framer2 = MessageFramer(maximumMessageLength: 1024)
-        var unterminated = ByteBuffer(bytes: atLimit)
-        #expect(try framer2.nextMessage(in: &unterminated) == nil)
-        unterminated.writeBytes([0x61])
-        #expect(throws: LengthEchoError.messageTooLarge(limit: 1024)) { try framer2.nextMessage(in: &unterminated) }
+        framer2.append(ByteBuffer(bytes: atLimit))
+        #expect(try framer2.next() == nil)
+        framer2.append(ByteBuffer(bytes: [0x61]))
+        #expect(throws: LengthEchoError.messageTooLarge(limit: 1024)) { try framer2.next() }
     }
 
     @Test("bytes left when the peer half-closes are a final message")
     func finalMessage() throws {
         var framer = MessageFramer(maximumMessageLength: 10)
-        var buffer = ByteBuffer(bytes: bytes("hello"))
-        #expect(try framer.nextMessage(in: &buffer) == nil)
-        #expect(try framer.finalMessage(in: &buffer).map { Array($0.readableBytesView) } == bytes("hello"))
-        #expect(try framer.finalMessage(in: &buffer) == nil)
+        framer.append(ByteBuffer(bytes: bytes("hello")))
+        #expect(try framer.next() == nil)
+        #expect(try framer.finish().map { Array($0.readableBytesView) } == bytes("hello"))
+        #expect(try framer.finish() == nil)
     }
 
     @Test("replies are the byte length, ' : ', the message and a NUL")

@@ -32,13 +32,13 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     private var waiting = CircularBuffer<EventLoopPromise<ByteBuffer>>()
-    private var received: ByteBuffer?
-    private var framer: MessageFramer
+    /// Reply bytes received and not yet handed to a request (a reply ends with its NUL).
+    private var replies: MessageFramer
 
     private let failure: ConnectionFailure
 
     init(maximumReplyLength: Int, failure: ConnectionFailure) {
-        self.framer = MessageFramer(maximumMessageLength: maximumReplyLength)
+        self.replies = MessageFramer(maximumMessageLength: maximumReplyLength)
         self.failure = failure
     }
 
@@ -49,26 +49,18 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = self.unwrapInboundIn(data)
-        if var received = self.received, received.readableBytes > 0 {
-            received.writeBuffer(&bytes)
-            self.received = received
-        } else {
-            self.received = bytes
-            self.framer.reset()
-        }
-        while var received = self.received {
+        self.replies.append(self.unwrapInboundIn(data))
+        while true {
             let reply: ByteBuffer?
             do {
-                reply = try self.framer.nextMessage(in: &received)
+                reply = try self.replies.next()
             } catch {
                 self.fail(
-                    LengthEchoError.invalidReply("", reason: "more than \(self.framer.maximumMessageLength) bytes without a NUL"),
+                    LengthEchoError.invalidReply("", reason: "more than \(self.replies.maximumMessageLength) bytes without a NUL"),
                     context: context
                 )
                 return
             }
-            self.received = received
             guard let reply else { break }
             guard let waiter = self.waiting.popFirst() else {
                 self.fail(
@@ -82,10 +74,12 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let received = self.received, received.readableBytes > 0, let waiter = self.waiting.popFirst() {
-            waiter.succeed(received)  // a reply ended by the server closing, as the original's may be
+        // A reply ended by the server closing, as the original's may be. The framer's limit was checked as
+        // the bytes arrived, so this cannot throw.
+        if self.replies.bufferedBytes > 0, let last = try? self.replies.finish(), let waiter = self.waiting.popFirst() {
+            waiter.succeed(last)
         }
-        self.received = nil
+        self.replies.discard()
         let error = self.failure.recorded ?? LengthEchoError.closedBeforeReply
         while let waiter = self.waiting.popFirst() {
             waiter.fail(error)

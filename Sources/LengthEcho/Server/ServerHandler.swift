@@ -31,9 +31,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private static let lingerTime: TimeAmount = .seconds(2)
 
     private var state = State.serving
+    /// What has arrived and is not yet a whole message (nothing, between messages).
     private var framer: MessageFramer
-    /// Bytes received but not yet framed: empty between messages, so an idle connection holds no buffer.
-    private var pending: ByteBuffer
     /// Replies produced in the current read burst, written when it ends.
     private var replies: ByteBuffer
     private let empty: ByteBuffer
@@ -58,9 +57,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.loopState = loopState
         self.tracker = tracker
         self.buffers = loopState.buffers
-        self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength)
         self.empty = loopState.buffers.empty
-        self.pending = self.empty
+        self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength, empty: self.empty)
         self.replies = self.empty
         self.idleTimeout = configuration.idleTimeout
         self.onMessage = configuration.onMessage
@@ -87,7 +85,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.stopWatching()
         self.lingerTimer?.cancel()
         self.lingerTimer = nil
-        self.pending = self.empty
+        self.framer.discard()
         context.fireChannelInactive()
     }
 
@@ -95,18 +93,12 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .serving = self.state else { return }  // rejecting or closing: input is discarded
-        var bytes = self.unwrapInboundIn(data)
         self.lastActivity = .now()
-        if self.pending.readableBytes == 0 {
-            self.pending = bytes  // no copy: messages are sliced straight out of the read buffer
-            self.framer.reset()
-        } else {
-            self.pending.writeBuffer(&bytes)
-        }
+        self.framer.append(self.unwrapInboundIn(data))
         while true {
             let message: ByteBuffer?
             do {
-                message = try self.framer.nextMessage(in: &self.pending)
+                message = try self.framer.next()
             } catch {
                 self.reject(context: context, reason: error.description)
                 return
@@ -114,14 +106,11 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
             guard let message else { break }
             self.answer(message, context: context)
         }
-        if self.pending.readableBytes == 0 {
-            self.pending = self.empty  // let the read buffer go
-        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         if case .serving = self.state {
-            if self.draining && self.pending.readableBytes == 0 {
+            if self.draining && self.framer.bufferedBytes == 0 {
                 self.closeAfterReplies(context: context)
             } else {
                 self.flushReplies(context: context)
@@ -193,7 +182,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     /// The server is shutting down: answer what has arrived, then close; idle connections close now.
     func drain(context: ChannelHandlerContext) {
         self.draining = true
-        if case .serving = self.state, self.pending.readableBytes == 0 {
+        if case .serving = self.state, self.framer.bufferedBytes == 0 {
             self.closeAfterReplies(context: context)
         }
     }
@@ -203,7 +192,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         switch self.state {
         case .serving:
             do {
-                if let message = try self.framer.finalMessage(in: &self.pending) {
+                if let message = try self.framer.finish() {
                     self.answer(message, context: context)
                 }
             } catch {
@@ -235,7 +224,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     /// kernel answer the unread input with a reset, which can destroy the error before the client reads it.
     private func reject(context: ChannelHandlerContext, reason: String) {
         self.state = .rejecting
-        self.pending = self.empty
+        self.framer.discard()
         self.logger.notice(
             "closing connection: \(reason)",
             metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
@@ -285,7 +274,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         guard case .serving = self.state, now >= self.lastActivity + self.idleTimeout else { return }
         self.stopWatching()
         let seconds = Double(self.idleTimeout.nanoseconds) / 1e9
-        if self.pending.readableBytes > 0 {
+        if self.framer.bufferedBytes > 0 {
             self.reject(
                 context: context,
                 reason: "timed out: the message was not finished within \(LengthEchoError.format(seconds)) s"
