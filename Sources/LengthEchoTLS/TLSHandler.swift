@@ -91,10 +91,10 @@ public final class TLSHandler: ChannelDuplexHandler {
     private func start(context: ChannelHandlerContext) {
         guard case .idle = self.state else { return }
         self.state = .handshaking
-        let seconds = Double(self.handshakeTimeout.nanoseconds) / 1e9
+        let seconds = formatSeconds(self.handshakeTimeout.seconds)
         self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.handshakeTimeout) {
             self.failHandshake(
-                TLSError(.handshakeTimeout, "no TLS handshake within \(seconds.formatted) s: the peer stalled or does not speak TLS"),
+                TLSError(.handshakeTimeout, "no TLS handshake within \(seconds) s: the peer stalled or does not speak TLS"),
                 context: context
             )
         }
@@ -142,7 +142,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             // with a reset that can destroy the alert before the client reads it.
             self.logger?.info(
                 "\(error)",
-                metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
+                metadata: ["peer": "\(context.peerDescription)"]
             )
             self.lingerThenClose(context: context)
         } else {
@@ -153,16 +153,10 @@ public final class TLSHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Sends what is pending, shuts the write side, and closes when the peer does or after two seconds.
+    /// Sends what is pending (the alert), then closes without losing it to a reset.
     private func lingerThenClose(context: ChannelHandlerContext) {
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.write(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
         self.flushOutput(context: context)
-        context.flush()
-        written.futureResult.assumeIsolated().whenComplete { _ in
-            context.close(mode: .output, promise: nil)
-        }
-        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+        self.timer = context.shutOutputThenClose(after: .seconds(2))
     }
 
     // MARK: read
@@ -240,7 +234,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         if self.connection.context.isServer {
             self.logger?.notice(
                 "a plaintext client connected to the TLS port; answered with an error",
-                metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
+                metadata: ["peer": "\(context.peerDescription)"]
             )
             var reply = context.channel.allocator.buffer(capacity: 96)
             reply.writeString("error: this port speaks TLS; connect with a TLS client (client --tls)")
@@ -438,8 +432,4 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.flushOutput(context: context, extra: written)
         written.futureResult.assumeIsolated().whenComplete { _ in then() }
     }
-}
-
-extension Double {
-    var formatted: String { self == self.rounded() ? String(Int(self)) : String(self) }
 }

@@ -99,8 +99,8 @@ struct BenchCommand: AsyncParsableCommand {
         message.writeInteger(UInt8(0))
 
         let start = NIODeadline.now()
-        let measureFrom = start + .nanoseconds(Int64(self.warmup * 1e9))
-        let stopAt = self.requests == nil ? measureFrom + .nanoseconds(Int64(self.duration * 1e9)) : .distantFuture
+        let measureFrom = start + .fromSeconds(self.warmup)
+        let stopAt = self.requests == nil ? measureFrom + .fromSeconds(self.duration) : .distantFuture
         let plan = LoadPlan(
             address: address,
             serverName: self.serverName ?? self.host,
@@ -109,7 +109,7 @@ struct BenchCommand: AsyncParsableCommand {
             expected: Array(expectedBuffer.readableBytesView),
             tls: tlsContext,
             resume: self.resume,
-            replyTimeout: .nanoseconds(Int64(self.replyTimeout * 1e9)),
+            replyTimeout: .fromSeconds(self.replyTimeout),
             measureFrom: self.requests == nil ? measureFrom : start,
             stopAt: stopAt,
             requestLimit: self.requests
@@ -155,8 +155,8 @@ struct BenchCommand: AsyncParsableCommand {
         if isatty(2) == 1 { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
 
         let measuredEnd = self.requests == nil ? min(end, stopAt) : end
-        let seconds = Double((measuredEnd - plan.measureFrom).nanoseconds) / 1e9
-        let report = Report(command: self, stats: stats, seconds: seconds, cpuSeconds: cpu, wallSeconds: Double((end - start).nanoseconds) / 1e9)
+        let seconds = (measuredEnd - plan.measureFrom).seconds
+        let report = Report(command: self, stats: stats, seconds: seconds, cpuSeconds: cpu, wallSeconds: (end - start).seconds)
         print(self.json ? report.json : report.text)
     }
 }

@@ -75,8 +75,8 @@ struct ClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         var configuration = ClientConfiguration(host: self.host, port: self.port)
-        configuration.connectTimeout = .nanoseconds(Int64(self.connectTimeout * 1e9))
-        configuration.replyTimeout = .nanoseconds(Int64(self.replyTimeout * 1e9))
+        configuration.connectTimeout = .fromSeconds(self.connectTimeout)
+        configuration.replyTimeout = .fromSeconds(self.replyTimeout)
         if self.tls {
             if self.insecure {
                 Self.printError("client: warning: --insecure: the server's certificate is NOT verified; anyone on the path can read and change this traffic")

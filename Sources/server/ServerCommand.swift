@@ -125,11 +125,11 @@ struct ServerCommand: AsyncParsableCommand {
         if !self.host.isEmpty { configuration.hosts = self.host }
         configuration.port = self.port
         configuration.maximumMessageLength = self.maxMessage
-        configuration.idleTimeout = .nanoseconds(Int64(self.idleTimeout * 1e9))
+        configuration.idleTimeout = .fromSeconds(self.idleTimeout)
         configuration.maximumConnections = self.maxConnections
-        configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
+        configuration.drainTimeout = .fromSeconds(self.drainTimeout)
         configuration.threads = self.threads
-        configuration.handshakeTimeout = .nanoseconds(Int64(self.handshakeTimeout * 1e9))
+        configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
         if self.tls {
             do {
                 configuration.tls = try self.makeTLSContext()

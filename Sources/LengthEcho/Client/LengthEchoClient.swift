@@ -202,7 +202,7 @@ public actor LengthEchoClient {
         let waiting = replies
         let timer = loop.scheduleTask(in: timeout) {
             // A promise already completed ignores this.
-            let error = LengthEchoError.replyTimeout(seconds: Double(timeout.nanoseconds) / 1e9)
+            let error = LengthEchoError.replyTimeout(seconds: timeout.seconds)
             for reply in waiting { reply.fail(error) }
             channel.close(promise: nil)
         }
@@ -240,7 +240,7 @@ public actor LengthEchoClient {
         let port = configuration.port
         if let error = error as? LengthEchoError { return error }
         if case ChannelError.connectTimeout = error {
-            return .connectTimeout(host: host, port: port, seconds: Double(configuration.connectTimeout.nanoseconds) / 1e9)
+            return .connectTimeout(host: host, port: port, seconds: configuration.connectTimeout.seconds)
         }
         var errnos: [Int32] = []
         if let error = error as? IOError { errnos.append(error.errnoCode) }
@@ -252,7 +252,7 @@ public actor LengthEchoClient {
                 if let inner = failure.error as? IOError { errnos.append(inner.errnoCode) }
                 if case ChannelError.connectTimeout = failure.error {
                     return .connectTimeout(
-                        host: host, port: port, seconds: Double(configuration.connectTimeout.nanoseconds) / 1e9)
+                        host: host, port: port, seconds: configuration.connectTimeout.seconds)
                 }
             }
         }

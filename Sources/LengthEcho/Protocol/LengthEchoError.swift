@@ -1,3 +1,5 @@
+import LengthEchoTLS
+
 /// Everything that can go wrong in the length-echo protocol, server or client, each with the sentence a
 /// user should read.
 public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -42,9 +44,9 @@ public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible
         case .closedBeforeReply:
             return "the server closed the connection before replying"
         case .replyTimeout(let seconds):
-            return "no reply within \(Self.format(seconds)) s (see --reply-timeout)"
+            return "no reply within \(formatSeconds(seconds)) s (see --reply-timeout)"
         case .connectTimeout(let host, let port, let seconds):
-            return "could not connect to \(Self.format(host: host, port: port)) within \(Self.format(seconds)) s "
+            return "could not connect to \(Self.format(host: host, port: port)) within \(formatSeconds(seconds)) s "
                 + "(see --connect-timeout): is the host reachable?"
         case .connectionRefused(let host, let port):
             return "connection refused by \(Self.format(host: host, port: port)): no server is running on port \(port) there "
@@ -56,10 +58,6 @@ public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible
         case .bindFailed(let host, let port, let reason):
             return "cannot listen on \(Self.format(host: host, port: port)): \(reason)"
         }
-    }
-
-    static func format(_ seconds: Double) -> String {
-        seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
     }
 
     /// `host:port`, with IPv6 literals in brackets.

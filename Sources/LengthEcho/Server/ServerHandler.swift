@@ -220,26 +220,19 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     /// Answers `error: <reason>` and closes so that the error arrives even while the client is still
-    /// sending: shut our write side, discard input for a while, then close. Closing at once would make the
-    /// kernel answer the unread input with a reset, which can destroy the error before the client reads it.
+    /// sending: shut our write side, discard input for a while, then close.
     private func reject(context: ChannelHandlerContext, reason: String) {
         self.state = .rejecting
         self.framer.discard()
         self.logger.notice(
             "closing connection: \(reason)",
-            metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
+            metadata: ["peer": "\(context.peerDescription)"]
         )
         Reply.write(error: reason, into: &self.replies)
         let out = self.replies
         self.replies = self.empty
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(self.wrapOutboundOut(out), promise: written)
-        written.futureResult.assumeIsolated().whenComplete { _ in
-            context.close(mode: .output, promise: nil)
-        }
-        self.lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerTime) {
-            context.close(promise: nil)
-        }
+        context.write(self.wrapOutboundOut(out), promise: nil)
+        self.lingerTimer = context.shutOutputThenClose(after: Self.lingerTime)
         if self.readHeld {
             self.readHeld = false
             context.read()
@@ -249,7 +242,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.info(
             "connection error: \(error)",
-            metadata: ["peer": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"]
+            metadata: ["peer": "\(context.peerDescription)"]
         )
         context.close(promise: nil)
     }
@@ -273,14 +266,14 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     func checkIdle(now: NIODeadline, context: ChannelHandlerContext) {
         guard case .serving = self.state, now >= self.lastActivity + self.idleTimeout else { return }
         self.stopWatching()
-        let seconds = Double(self.idleTimeout.nanoseconds) / 1e9
+        let seconds = formatSeconds(self.idleTimeout.seconds)
         if self.framer.bufferedBytes > 0 {
             self.reject(
                 context: context,
-                reason: "timed out: the message was not finished within \(LengthEchoError.format(seconds)) s"
+                reason: "timed out: the message was not finished within \(seconds) s"
             )
         } else {
-            self.logger.debug("closing idle connection after \(LengthEchoError.format(seconds)) s")
+            self.logger.debug("closing idle connection after \(seconds) s")
             self.closeAfterReplies(context: context)
         }
     }

@@ -1,0 +1,44 @@
+import NIOCore
+
+// Small pieces of NIO plumbing that the TLS layer and the protocol handlers both need, written once.
+
+package extension TimeAmount {
+    /// The amount in seconds.
+    var seconds: Double { Double(self.nanoseconds) / 1e9 }
+
+    /// A duration given in (fractional) seconds, as the command lines take them.
+    static func fromSeconds(_ seconds: Double) -> TimeAmount {
+        .nanoseconds(Int64(seconds * 1e9))
+    }
+}
+
+/// Seconds as a person writes them: `60`, `0.3`.
+package func formatSeconds(_ seconds: Double) -> String {
+    seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+}
+
+package extension ChannelHandlerContext {
+    /// The peer's address for a log line.
+    var peerDescription: String {
+        self.channel.remoteAddress.map { "\($0)" } ?? "?"
+    }
+
+    /// Closes so that what was written last (an error, an alert) reaches a peer that may still be sending:
+    /// once the writes so far are on the wire the write side is shut, input goes on being read (and
+    /// discarded by the caller) until the peer closes or `linger` passes, then the connection closes.
+    /// Closing at once would answer the peer's unread bytes with a reset, which can destroy what we sent
+    /// before the peer reads it.
+    ///
+    /// - Returns: the timer of the final close, to cancel if the connection ends first.
+    func shutOutputThenClose(after linger: TimeAmount) -> Scheduled<Void> {
+        let written = self.eventLoop.makePromise(of: Void.self)
+        // An empty write completes after every write before it.
+        self.writeAndFlush(NIOAny(self.channel.allocator.buffer(capacity: 0)), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in
+            self.close(mode: .output, promise: nil)
+        }
+        return self.eventLoop.assumeIsolated().scheduleTask(in: linger) {
+            self.close(promise: nil)
+        }
+    }
+}
