@@ -41,7 +41,6 @@ public final class TLSHandler: ChannelDuplexHandler {
     private var receivedAny = false
     private var receivedCloseNotify = false
     private var sentCloseNotify = false
-    private var flushRequested = false
     /// Writes made before the handshake finished.
     private var queued: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     /// Promises of plaintext writes already encrypted, completed by the next ciphertext write.
@@ -129,14 +128,11 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     private func failHandshake(_ error: TLSError, context: ChannelHandlerContext) {
         guard case .handshaking = self.state else { return }
-        self.state = .closed
         self.timer?.cancel()
         self.timer = nil
-        self.handshakePromise?.fail(error)
-        self.handshakePromise = nil
-        for (_, promise) in self.queued { promise?.fail(error) }
-        self.queued = []
+        self.abandonHandshake(error)
         if self.connection.context.isServer {
+            self.state = .closed
             // Log it here and keep serving everyone else. Send the alert that tells the client why, shut our
             // side, and discard its input for a while: closing at once would answer the client's unread bytes
             // with a reset that can destroy the alert before the client reads it.
@@ -146,11 +142,25 @@ public final class TLSHandler: ChannelDuplexHandler {
             )
             self.lingerThenClose(context: context)
         } else {
-            self.failure = error
             self.flushOutput(context: context)
-            context.fireErrorCaught(error)
-            context.close(promise: nil)
+            self.fail(error, context: context)
         }
+    }
+
+    /// The handshake will not complete: whoever waits for it, or for a queued write, learns why.
+    private func abandonHandshake(_ error: any Error) {
+        self.handshakePromise?.fail(error)
+        self.handshakePromise = nil
+        for (_, promise) in self.queued { promise?.fail(error) }
+        self.queued = []
+    }
+
+    /// The connection is over: remember why (for writes that still arrive), tell the pipeline, close.
+    private func fail(_ error: TLSError, context: ChannelHandlerContext) {
+        self.state = .closed
+        self.failure = error
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
     }
 
     /// Sends what is pending (the alert), then closes without losing it to a reset.
@@ -218,10 +228,7 @@ public final class TLSHandler: ChannelDuplexHandler {
                 .protocolError,
                 "TLS error: " + TLSConnection.hint(for: text, isClient: !self.connection.context.isServer, hasCertificate: self.connection.context.hasCertificate)
             )
-            self.state = .closed
-            self.failure = error
-            context.fireErrorCaught(error)
-            context.close(promise: nil)
+            self.fail(error, context: context)
         }
     }
 
@@ -248,13 +255,8 @@ public final class TLSHandler: ChannelDuplexHandler {
                 .peerNotTLS,
                 "TLS handshake failed: the server did not speak TLS (it answered \"\(shown)\"): is it a plaintext server? try without --tls"
             )
-            self.handshakePromise?.fail(error)
-            self.handshakePromise = nil
-            for (_, promise) in self.queued { promise?.fail(error) }
-            self.queued = []
-            self.failure = error
-            context.fireErrorCaught(error)
-            context.close(promise: nil)
+            self.abandonHandshake(error)
+            self.fail(error, context: context)
         }
     }
 
@@ -268,7 +270,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         case .handshaking:
             self.failHandshake(Self.closedDuringHandshake, context: context)
         case .active:
-            if !self.receivedCloseNotify { self.reportUncleanShutdown(context: context) }
+            if !self.receivedCloseNotify { self.fail(Self.uncleanShutdown, context: context) }
         case .closing:
             context.close(promise: self.closePromise)
             self.closePromise = nil
@@ -282,33 +284,25 @@ public final class TLSHandler: ChannelDuplexHandler {
         "TLS handshake failed: the peer closed the connection during the handshake"
     )
 
-    private func reportUncleanShutdown(context: ChannelHandlerContext) {
-        self.state = .closed
-        context.fireErrorCaught(
-            TLSError(.uncleanShutdown, "the peer closed the connection without a TLS close_notify: what it sent may be truncated")
-        )
-        context.close(promise: nil)
-    }
+    private static let uncleanShutdown = TLSError(
+        .uncleanShutdown,
+        "the peer closed the connection without a TLS close_notify: what it sent may be truncated"
+    )
 
     public func channelInactive(context: ChannelHandlerContext) {
         self.timer?.cancel()
         self.timer = nil
         switch self.state {
         case .handshaking:
-            self.state = .closed
-            self.handshakePromise?.fail(Self.closedDuringHandshake)
-            self.handshakePromise = nil
+            self.abandonHandshake(Self.closedDuringHandshake)
             context.fireErrorCaught(Self.closedDuringHandshake)
         case .active where !self.receivedCloseNotify:
-            self.state = .closed
-            context.fireErrorCaught(
-                TLSError(.uncleanShutdown, "the peer closed the connection without a TLS close_notify: what it sent may be truncated")
-            )
+            context.fireErrorCaught(Self.uncleanShutdown)
         default:
-            self.state = .closed
+            break
         }
-        for (_, promise) in self.queued { promise?.fail(ChannelError.ioOnClosedChannel) }
-        self.queued = []
+        self.state = .closed
+        self.abandonHandshake(ChannelError.ioOnClosedChannel)
         for promise in self.encrypted { promise.fail(ChannelError.ioOnClosedChannel) }
         self.encrypted = []
         self.closePromise?.succeed()
@@ -346,20 +340,18 @@ public final class TLSHandler: ChannelDuplexHandler {
         switch self.state {
         case .active, .closing:
             self.flushOutput(context: context)
-        case .idle, .handshaking:
-            self.flushRequested = true
-        case .closed:
-            break
+        case .idle, .handshaking, .closed:
+            break  // queued writes go out, flushed, when the handshake completes
         }
     }
 
     /// Sends what OpenSSL has produced for the peer as one write, completing the plaintext writes it carries.
     private func flushOutput(context: ChannelHandlerContext, extra: EventLoopPromise<Void>? = nil) {
+        // Taken out before any promise completes: completing one can re-enter this handler and write again.
         var promises = self.encrypted
         self.encrypted = []
         if let extra { promises.append(extra) }
-        let pending = self.connection.outputPending
-        guard pending > 0 else {
+        guard self.connection.outputPending > 0 else {
             for promise in promises { promise.succeed() }
             return
         }
@@ -413,8 +405,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         case (.all, .idle), (.all, .handshaking):
             self.state = .closed
             self.timer?.cancel()
-            self.handshakePromise?.fail(ChannelError.ioOnClosedChannel)
-            self.handshakePromise = nil
+            self.abandonHandshake(ChannelError.ioOnClosedChannel)
             context.close(mode: mode, promise: promise)
         default:
             context.close(mode: mode, promise: promise)
