@@ -186,7 +186,6 @@ public final class LengthEchoServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(
                         LengthEchoServerHandler(
                             configuration: configuration,
-                            allocator: channel.allocator,
                             loopState: loopState,
                             tracker: tracker
                         )

@@ -44,19 +44,16 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private var draining = false
     private let onMessage: (@Sendable (ByteBuffer) -> Void)?
     private let logger: Logger
-    private let buffers: LoopBuffers?
     private let loopState: ServerLoopState
     private let tracker: ConnectionTracker
 
     init(
         configuration: ServerConfiguration,
-        allocator: ByteBufferAllocator,
         loopState: ServerLoopState,
         tracker: ConnectionTracker
     ) {
         self.loopState = loopState
         self.tracker = tracker
-        self.buffers = loopState.buffers
         self.empty = loopState.buffers.empty
         self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength, empty: self.empty)
         self.replies = self.empty
@@ -132,8 +129,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
             self.replies.writeInteger(Reply.terminator)
             return
         }
-        if self.replies.capacity == 0, let buffers = self.buffers {
-            self.replies = buffers.replies.take(capacity: Reply.encodedLength(ofMessageLength: message.readableBytes))
+        if self.replies.capacity == 0 {
+            self.replies = self.loopState.buffers.replies.take(capacity: Reply.encodedLength(ofMessageLength: message.readableBytes))
         }
         Reply.write(echoOf: message, into: &self.replies)
         if self.replies.readableBytes >= Self.batchLimit {
@@ -148,7 +145,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         let out = self.replies
         self.replies = self.empty
         context.writeAndFlush(self.wrapOutboundOut(out), promise: nil)
-        self.buffers?.replies.giveBack(out)
+        self.loopState.buffers.replies.giveBack(out)
     }
 
     func read(context: ChannelHandlerContext) {
