@@ -111,8 +111,7 @@ struct BenchCommand: AsyncParsableCommand {
             resume: self.resume,
             replyTimeout: .fromSeconds(self.replyTimeout),
             measureFrom: self.requests == nil ? measureFrom : start,
-            stopAt: stopAt,
-            requestLimit: self.requests
+            stopAt: stopAt
         )
 
         let cpuBefore = CPUTime.now()
@@ -140,8 +139,8 @@ struct BenchCommand: AsyncParsableCommand {
             var last = 0
             while !Task.isCancelled {
                 try await Task.sleep(for: .seconds(1))
-                let total = progresses.reduce(0) { $0 + $1.requests }
-                let errors = progresses.reduce(0) { $0 + $1.errors }
+                let total = progresses.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) }
+                let errors = progresses.reduce(0) { $0 + $1.errors.load(ordering: .relaxed) }
                 FileHandle.standardError.write(Data("\r\(total - last) requests/s, \(errors) errors so far   ".utf8))
                 last = total
             }

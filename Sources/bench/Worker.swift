@@ -3,6 +3,7 @@ import LengthEcho
 import LengthEchoTLS
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// What one run drives: where, how, and what every reply must be.
 struct LoadPlan: Sendable {
@@ -24,7 +25,6 @@ struct LoadPlan: Sendable {
     var replyTimeout: TimeAmount
     var measureFrom: NIODeadline
     var stopAt: NIODeadline
-    var requestLimit: Int?
 }
 
 enum ErrorKind: String, CaseIterable, Sendable {
@@ -50,10 +50,10 @@ struct WorkerStats: Sendable {
     }
 }
 
-/// Live totals for the progress line, updated with relaxed atomics-free counters per loop (read racily).
-final class Progress: @unchecked Sendable {
-    var requests = 0
-    var errors = 0
+/// Live totals for the progress line: written by one event loop, read once a second by the reporter.
+final class Progress: Sendable {
+    let requests = Atomic<Int>(0)
+    let errors = Atomic<Int>(0)
 }
 
 /// One simulated client: a loop of connections and requests on one event loop.
@@ -104,7 +104,7 @@ final class Worker {
 
     func count(_ kind: ErrorKind) {
         if self.measuring { self.stats.errors[kind, default: 0] += 1 }
-        self.progress.errors += 1
+        self.progress.errors.add(1, ordering: .relaxed)
     }
 
     func start() {
@@ -184,7 +184,7 @@ final class BenchHandler: ChannelInboundHandler {
     private func send(context: ChannelHandlerContext) {
         self.matched = 0
         self.waiting = true
-        self.sentAt = DispatchTimeNanos.now()
+        self.sentAt = MonotonicClock.now()
         context.writeAndFlush(self.wrapOutboundOut(self.worker.plan.message), promise: nil)
         self.timeout?.cancel()
         self.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: self.worker.plan.replyTimeout) {
@@ -225,9 +225,9 @@ final class BenchHandler: ChannelInboundHandler {
         if worker.measuring && NIODeadline.now() <= worker.plan.stopAt {
             worker.stats.requests += 1
             worker.stats.bytes += worker.plan.message.readableBytes + expected.count
-            _ = worker.stats.latency.record((DispatchTimeNanos.now() - self.sentAt) / 1000)
+            _ = worker.stats.latency.record((MonotonicClock.now() - self.sentAt) / 1000)
         }
-        worker.progress.requests += 1
+        worker.progress.requests.add(1, ordering: .relaxed)
         switch worker.plan.mode {
         case .persistent:
             if worker.mayContinue() {
@@ -266,7 +266,7 @@ final class BenchHandler: ChannelInboundHandler {
 }
 
 /// A monotonic clock in nanoseconds, cheap enough to read twice per request.
-enum DispatchTimeNanos {
+enum MonotonicClock {
     static func now() -> UInt64 {
         var spec = timespec()
         clock_gettime(CLOCK_MONOTONIC, &spec)
