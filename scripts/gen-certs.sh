@@ -107,29 +107,24 @@ CNF
     fi
 }
 
-# The server certificate.
+# issue NAME SUBJECT EXTENDED-KEY-USAGE [SUBJECT-ALT-NAMES]: a key and a certificate signed by the CA.
+issue() {
+    new_key "$out/$1.key"
+    openssl req -new -key "$out/$1.key" -subj "$2" -out "$work/$1.csr"
+    {
+        echo "basicConstraints = critical,CA:FALSE"
+        echo "keyUsage = critical,$key_usage"
+        echo "extendedKeyUsage = $3"
+        [ -z "${4:-}" ] || echo "subjectAltName = $4"
+    } > "$work/$1.ext"
+    sign "$work/$1.csr" "$out/$1.pem" "$work/$1.ext"
+}
+
 san=""
 for name in "${names[@]}"; do san+="${san:+,}DNS:$name"; done
 for ip in "${ips[@]}"; do san+="${san:+,}IP:$ip"; done
-new_key "$out/server.key"
-openssl req -new -key "$out/server.key" -subj "/CN=${names[0]}" -out "$work/server.csr"
-cat > "$work/server.ext" <<EXT
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,$key_usage
-extendedKeyUsage = serverAuth
-subjectAltName = $san
-EXT
-sign "$work/server.csr" "$out/server.pem" "$work/server.ext"
-
-# The client certificate.
-new_key "$out/client.key"
-openssl req -new -key "$out/client.key" -subj "/CN=length-echo client" -out "$work/client.csr"
-cat > "$work/client.ext" <<EXT
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,$key_usage
-extendedKeyUsage = clientAuth
-EXT
-sign "$work/client.csr" "$out/client.pem" "$work/client.ext"
+issue server "/CN=${names[0]}" serverAuth "$san"
+issue client "/CN=length-echo client" clientAuth
 chmod 644 "$out/ca.pem" "$out/server.pem" "$out/client.pem"
 
 # Check the result.
