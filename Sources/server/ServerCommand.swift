@@ -43,7 +43,7 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("drain-timeout"), help: "Seconds to finish open messages on SIGINT/SIGTERM.")
     var drainTimeout: Double = 10
 
-    @Option(name: .long, help: "Event-loop threads. (default: one per core)")
+    @Option(name: .long, help: "Event-loop threads; the default is one per core.")
     var threads: Int = System.coreCount
 
     @Flag(name: .long, help: "Speak TLS (from the system OpenSSL) instead of plaintext.")
