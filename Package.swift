@@ -1,14 +1,15 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// Linux only: the TLS layer links the system OpenSSL (Debian's libssl-dev) and the server uses Linux socket
+// options. Layers, lowest first: COpenSSL · LengthEchoCore · LengthEchoTLS · LengthEcho · the executables.
 let package = Package(
     name: "length-echo",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "server", targets: ["server"]),
         .executable(name: "client", targets: ["client"]),
         .executable(name: "bench", targets: ["bench"]),
-        .library(name: "LengthEcho", targets: ["LengthEcho", "LengthEchoTLS"]),
+        .library(name: "LengthEcho", targets: ["LengthEcho", "LengthEchoTLS", "LengthEchoCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -23,19 +24,30 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
-        // The TLS layer: an owned SSL_CTX per role and one NIO handler driving OpenSSL through memory BIOs.
+        // The core: wire format (framing, replies, errors, escaping), the peer identity, shared NIO
+        // plumbing and scratch buffers. NIOCore only: no OpenSSL, no sockets.
+        .target(
+            name: "LengthEchoCore",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio")
+            ]
+        ),
+        // The TLS layer: an owned SSL_CTX per role and one NIO handler driving OpenSSL through a ByteBuffer
+        // BIO. OpenSSL is an internal import: no OpenSSL type appears in its interface.
         .target(
             name: "LengthEchoTLS",
             dependencies: [
                 "COpenSSL",
+                "LengthEchoCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Protocol, server and client: the length-echo library the executables are thin over.
+        // Server and client: listeners, the connection pipeline, the protocol handlers.
         .target(
             name: "LengthEcho",
             dependencies: [
+                "LengthEchoCore",
                 "LengthEchoTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -63,23 +75,52 @@ let package = Package(
             name: "bench",
             dependencies: [
                 "LengthEcho",
-                "LengthEchoTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // Test support shared by the test targets: certificates from scripts/gen-certs.sh, processes.
+        .target(
+            name: "LengthEchoTestSupport",
+            dependencies: [
+                "LengthEchoTLS"
+            ],
+            path: "Tests/Support"
+        ),
+        // Pure wire-format tests: no sockets, no OpenSSL.
+        .testTarget(
+            name: "LengthEchoCoreTests",
+            dependencies: [
+                "LengthEchoCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The TLS layer on EmbeddedChannels, with virtual time.
+        .testTarget(
+            name: "LengthEchoTLSTests",
+            dependencies: [
+                "LengthEchoCore",
+                "LengthEchoTLS",
+                "LengthEchoTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        // Server, client and executables over real sockets, real OpenSSL and real peers.
         .testTarget(
             name: "LengthEchoTests",
             dependencies: [
                 "LengthEcho",
+                "LengthEchoCore",
                 "LengthEchoTLS",
+                "LengthEchoTestSupport",
                 "server",
                 "client",
+                "bench",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
     ]

@@ -1,4 +1,4 @@
-import COpenSSL
+internal import COpenSSL
 import NIOCore
 
 /// The ciphertext on either side of an `SSL`, as `ByteBuffer`s: what arrived from the socket and is not yet

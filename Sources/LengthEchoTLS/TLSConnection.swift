@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import COpenSSL
+internal import COpenSSL
+import LengthEchoCore
 import NIOCore
 
 /// What a finished handshake agreed on.
@@ -14,13 +15,14 @@ public struct TLSConnectionInfo: Sendable, Equatable {
     public let peerNotAfter: String?
 }
 
-/// One `SSL` and its two memory BIOs: OpenSSL reads ciphertext from `input` and writes ciphertext to
-/// `output`; the channel handler moves bytes between them and the socket. Owns and frees all three.
+/// One `SSL` over a `ByteBufferBIO`: ciphertext goes in with `feed` and comes out with `takeOutput`,
+/// plaintext goes through `read` and `write`. Owns and frees the `SSL` (which owns the BIO); no OpenSSL
+/// handle leaves this type, which offers verbs instead.
 final class TLSConnection {
     enum Status {
         /// The operation finished.
         case done
-        /// OpenSSL needs more bytes from the peer.
+        /// OpenSSL needs more bytes from the peer before it can go on.
         case wantRead
         /// The peer sent close_notify.
         case closed
@@ -28,16 +30,18 @@ final class TLSConnection {
         case failed([OpenSSLErrors.Entry])
     }
 
-    let ssl: OpaquePointer
+    private let ssl: OpaquePointer
     /// The ciphertext both ways; the `SSL` reads and writes it through a BIO made over it.
-    let io = ByteBufferBIO()
-    let context: TLSContext
+    private let io = ByteBufferBIO()
+    let isServer: Bool
+    /// Client role: whether a client certificate is configured (for the cause of a refusal).
+    private let hasCertificate: Bool
     /// The host name or address the client connected to and verifies (client role).
-    let expectedHost: String?
+    private let expectedHost: String?
 
     init(context: TLSContext, expectedHost: String?, session: TLSSession? = nil) throws(TLSError) {
         OpenSSLErrors.clear()
-        guard let ssl = SSL_new(context.pointer) else {
+        guard let ssl = context.makeSSL() else {
             throw TLSError(.protocolError, "cannot create a TLS connection: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
         }
         guard let bio = self.io.makeBIO() else {
@@ -46,26 +50,47 @@ final class TLSConnection {
         }
         SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO now
         self.ssl = ssl
-        self.context = context
+        self.isServer = context.isServer
+        self.hasCertificate = context.hasCertificate
         self.expectedHost = expectedHost
         if context.isServer {
             SSL_set_accept_state(ssl)
         } else {
             SSL_set_connect_state(ssl)
-            if let session { _ = SSL_set_session(ssl, session.pointer) }
+            if let session { try session.apply(to: ssl) }
             if let host = expectedHost {
-                if Self.isIPAddress(host) {
-                    if context.verifiesPeer { _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) }
-                } else {
-                    _ = shim_SSL_set_tlsext_host_name(ssl, host)  // SNI is for names only
-                    if context.verifiesPeer { _ = SSL_set1_host(ssl, host) }
-                }
+                try Self.expect(host: host, on: ssl, verify: context.verifiesPeer)
             }
         }
     }
 
     deinit {
         SSL_free(self.ssl)
+    }
+
+    /// Sends `host` as SNI (names only) and, when verifying, makes the handshake check the certificate
+    /// against it: exact names or whole-label wildcards, an IP address against the certificate's addresses.
+    private static func expect(host: String, on ssl: OpaquePointer, verify: Bool) throws(TLSError) {
+        guard !host.isEmpty else {
+            // SSL_set1_host with an empty name would switch the name check off.
+            throw TLSError(.configuration, "the server name to verify is empty")
+        }
+        OpenSSLErrors.clear()
+        if Self.isIPAddress(host) {
+            if verify, X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1 {
+                throw TLSError(.configuration, "cannot verify the server against the address \(host)")
+            }
+            return
+        }
+        guard shim_SSL_set_tlsext_host_name(ssl, host) == 1 else {
+            throw TLSError(.configuration, "cannot send \(host) as the server name (SNI): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "refused"))")
+        }
+        if verify {
+            SSL_set_hostflags(ssl, UInt32(X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS))
+            guard SSL_set1_host(ssl, host) == 1 else {
+                throw TLSError(.configuration, "cannot verify the server against the name \(host)")
+            }
+        }
     }
 
     static func isIPAddress(_ host: String) -> Bool {
@@ -91,10 +116,25 @@ final class TLSConnection {
         self.io.feed(buffer)
     }
 
+    /// Ciphertext fed in but not yet decrypted: an upper bound on the plaintext it can yield.
+    var inputPending: Int { self.io.inbound.readableBytes }
+
+    /// Ciphertext OpenSSL has produced for the peer and nobody has taken yet.
     var outputPending: Int { self.io.outbound.readableBytes }
 
-    /// Gives back buffers left from the handshake when there is nothing in them.
-    func shrinkBuffers() {
+    /// Lets OpenSSL write its next records into `buffer` (a loop's scratch buffer) when it has nothing
+    /// pending; otherwise keeps what is there.
+    func offerOutputBuffer(_ buffer: () -> ByteBuffer) {
+        if self.io.outbound.capacity == 0 { self.io.outbound = buffer() }
+    }
+
+    /// Takes the ciphertext produced so far, to send.
+    func takeOutput() -> ByteBuffer {
+        self.io.takeOutbound()
+    }
+
+    /// Gives back buffers left from the handshake or from a read when there is nothing in them.
+    func releaseIdleBuffers() {
         self.io.shrink()
     }
 
@@ -104,9 +144,6 @@ final class TLSConnection {
         OpenSSLErrors.clear()
         return self.status(SSL_do_handshake(self.ssl))
     }
-
-    /// Ciphertext fed in but not yet decrypted: an upper bound on the plaintext it can yield.
-    var inputPending: Int { self.io.inbound.readableBytes }
 
     /// Decrypts what it can into `buffer`, growing it only if OpenSSL holds more than it has room for.
     func read(into buffer: inout ByteBuffer) -> Status {
@@ -129,7 +166,9 @@ final class TLSConnection {
         }
     }
 
-    /// Encrypts all of `buffer` (a memory BIO never pushes back).
+    /// Encrypts all of `buffer`, or none of it: `.wantRead` means OpenSSL must read from the peer first
+    /// (the write must be retried, with the same bytes, after the next read), `.failed` that the
+    /// connection is unusable.
     func write(_ buffer: ByteBuffer) -> Status {
         buffer.withUnsafeReadableBytes { bytes -> Status in
             guard let base = bytes.baseAddress, bytes.count > 0 else { return .done }
@@ -143,7 +182,7 @@ final class TLSConnection {
     /// Queues close_notify for the peer.
     func shutdown() {
         OpenSSLErrors.clear()
-        _ = SSL_shutdown(self.ssl)
+        _ = SSL_shutdown(self.ssl)  // 0 (sent, the peer's not yet seen) and 1 are both fine here
         _ = OpenSSLErrors.drain()
     }
 
@@ -151,6 +190,7 @@ final class TLSConnection {
         if result == 1 { return .done }
         switch SSL_get_error(self.ssl, result) {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            // The BIO never pushes back on writes, so "want write" cannot last: both mean "feed me".
             return .wantRead
         case SSL_ERROR_ZERO_RETURN:
             return .closed
@@ -227,76 +267,98 @@ final class TLSConnection {
         return String(decoding: UnsafeRawBufferPointer(start: data, count: memory.pointee.length), as: UTF8.self)
     }
 
-    /// Turns a failed handshake into the sentence a user needs, with a hint where there is one.
+    /// Turns a failed handshake into the sentence a user needs, identified by OpenSSL's reason codes.
     func explainHandshakeFailure(_ entries: [OpenSSLErrors.Entry]) -> TLSError {
         let verify = SSL_get_verify_result(self.ssl)
-        let isClient = !self.context.isServer
-        if verify != X509_V_OK, entries.contains(where: { $0.text.contains("certificate verify failed") }) {
+        let isClient = !self.isServer
+        if verify != X509_V_OK, entries.contains(anyOf: SSL_R_CERTIFICATE_VERIFY_FAILED) {
             let reason = String(cString: X509_verify_cert_error_string(verify))
             let whose = isClient ? "the server's certificate" : "the client's certificate"
             let hint: String
+            var cause: TLSError.Cause?
             switch Int32(verify) {
             case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
                 X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
                 X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
-                hint = isClient
-                    ? "unknown CA: \(whose) is not signed by a CA you trust; pass --ca with the CA that signed it (e.g. certs/ca.pem)"
-                    : "unknown CA: \(whose) is not signed by the --client-ca"
+                cause = .untrustedPeerCertificate
+                hint = "unknown CA: \(whose) is not signed by a CA \(isClient ? "this client trusts" : "of the client CA file")"
             case X509_V_ERR_CERT_HAS_EXPIRED:
                 hint = "\(whose) has expired"
             case X509_V_ERR_CERT_NOT_YET_VALID:
                 hint = "\(whose) is not valid yet (check the clocks)"
             case X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH:
-                let names = self.peerNames
+                cause = .wrongHost
+                let names = self.peerNames.map { Escaping.printable(Array($0.utf8)) }
                 let covers = names.isEmpty ? "no names" : names.joined(separator: ", ")
-                hint = "wrong host: \(whose) is for \(covers), not \(self.expectedHost ?? "?") (connect by one of those names, or pass --server-name)"
+                hint = "wrong host: \(whose) is for \(covers), not \(self.expectedHost ?? "?")"
             default:
                 hint = "\(whose) did not verify"
             }
-            return TLSError(.verification(code: Int32(verify)), "TLS handshake failed: \(hint) (\(reason))")
+            return TLSError(.verification(code: Int32(verify)), "TLS handshake failed: \(hint) (\(reason))", cause: cause)
         }
-        let text = OpenSSLErrors.describe(entries, fallback: "the peer closed the connection")
-        return TLSError(.handshake, "TLS handshake failed: " + Self.hint(for: text, isClient: isClient, hasCertificate: self.context.hasCertificate))
+        let (text, cause) = self.explain(entries)
+        return TLSError(.handshake, "TLS handshake failed: " + text, cause: cause)
     }
 
-    static func hint(for text: String, isClient: Bool, hasCertificate: Bool) -> String {
-        if text.contains("certificate required") {
-            return "the server requires a client certificate; pass --cert and --key (\(text))"
+    /// A failure after the handshake, in the same terms.
+    func explainFailure(_ entries: [OpenSSLErrors.Entry]) -> TLSError {
+        let (text, cause) = self.explain(entries)
+        return TLSError(.protocolError, "TLS error: " + text, cause: cause)
+    }
+
+    private func explain(_ entries: [OpenSSLErrors.Entry]) -> (String, TLSError.Cause?) {
+        let text = OpenSSLErrors.describe(entries, fallback: "the peer closed the connection")
+        let isClient = !self.isServer
+        if entries.contains(anyOf: SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED) {
+            return ("the server requires a client certificate (\(text))", .clientCertificateRequired)
         }
-        if isClient && !hasCertificate && text.contains("alert handshake failure") {
+        if isClient && !self.hasCertificate && entries.contains(anyOf: SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE) {
             // TLS 1.2 servers say only "handshake failure" when a required client certificate is missing.
-            return "the server refused the handshake: it may require a client certificate (pass --cert and --key), "
-                + "or there is no cipher in common (\(text))"
+            return (
+                "the server refused the handshake: it may require a client certificate, or there is no cipher in common (\(text))",
+                .clientCertificateMaybeRequired
+            )
         }
-        if text.contains("peer did not return a certificate") {
-            return "the client sent no certificate, and --client-auth required demands one (\(text))"
+        if entries.contains(anyOf: SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+            return ("the client sent no certificate, and this server requires one (\(text))", nil)
         }
-        if text.contains("alert unknown ca") || text.contains("alert bad certificate") {
-            return isClient
-                ? "the server does not trust our client certificate (\(text))"
-                : "the client does not trust our certificate: give it the CA with --ca (\(text))"
+        if entries.contains(anyOf: SSL_R_TLSV1_ALERT_UNKNOWN_CA, SSL_R_SSLV3_ALERT_BAD_CERTIFICATE) {
+            return (
+                isClient
+                    ? "the server does not trust our client certificate (\(text))"
+                    : "the client does not trust our certificate: it needs the CA that signed it (\(text))",
+                .ourCertificateRefused
+            )
         }
-        if text.contains("protocol version") || text.contains("unsupported protocol") || text.contains("no protocols available") {
-            return "no TLS version in common: this side allows TLS 1.2 and 1.3 unless restricted by --tls-min (\(text))"
+        if entries.contains(anyOf: SSL_R_TLSV1_ALERT_PROTOCOL_VERSION, SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_NO_PROTOCOLS_AVAILABLE) {
+            return ("no TLS version in common with the peer (\(text))", .noSharedVersion)
         }
-        if text.contains("no shared cipher") || text.contains("no cipher") {
-            return "no cipher in common with the peer (\(text))"
+        if entries.contains(anyOf: SSL_R_NO_SHARED_CIPHER, SSL_R_NO_CIPHERS_AVAILABLE) {
+            return ("no cipher in common with the peer (\(text))", .noSharedCipher)
         }
-        if text.contains("wrong version number") || text.contains("packet length too long") || text.contains("http request") {
-            return isClient
-                ? "the server did not speak TLS: is it a plaintext server? try without --tls (\(text))"
-                : "the client did not speak TLS (\(text))"
+        if entries.contains(anyOf: SSL_R_WRONG_VERSION_NUMBER, SSL_R_PACKET_LENGTH_TOO_LONG, SSL_R_HTTP_REQUEST) {
+            return (
+                isClient ? "the server did not speak TLS: is it a plaintext server? (\(text))" : "the client did not speak TLS (\(text))",
+                .peerNotTLS
+            )
         }
-        return text
+        return (text, nil)
     }
 }
 
 /// A TLS session a client can resume, owning its `SSL_SESSION` reference.
 public final class TLSSession: @unchecked Sendable {
-    let pointer: OpaquePointer
+    private let pointer: OpaquePointer
 
-    init(pointer: OpaquePointer) {
+    fileprivate init(pointer: OpaquePointer) {
         self.pointer = pointer
+    }
+
+    /// Offers the session for resumption on `ssl` (the `SSL` takes its own reference).
+    fileprivate func apply(to ssl: OpaquePointer) throws(TLSError) {
+        guard SSL_set_session(ssl, self.pointer) == 1 else {
+            throw TLSError(.configuration, "cannot offer the saved TLS session: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "refused"))")
+        }
     }
 
     deinit {

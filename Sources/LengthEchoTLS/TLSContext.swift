@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import COpenSSL
+internal import COpenSSL
 
 /// The oldest TLS version a context accepts.
 public enum TLSVersion: String, Sendable, CaseIterable {
@@ -39,7 +39,8 @@ public enum TrustRoots: Sendable, Equatable {
 /// Building a context parses PEM files and is slow; creating an `SSL` from a finished context is cheap.
 /// After `init` the context is never changed, which is what makes sharing it between threads safe.
 public final class TLSContext: @unchecked Sendable {
-    let pointer: OpaquePointer
+    /// The `SSL_CTX`, owned; only `makeSSL` hands it to OpenSSL.
+    private let pointer: OpaquePointer
     public let isServer: Bool
     /// Client role: whether the peer's certificate and name are verified (false only with --insecure).
     public let verifiesPeer: Bool
@@ -64,6 +65,11 @@ public final class TLSContext: @unchecked Sendable {
         SSL_CTX_free(self.pointer)
     }
 
+    /// A new `SSL` for one connection, owned by the caller (`TLSConnection`).
+    func makeSSL() -> OpaquePointer? {
+        SSL_new(self.pointer)
+    }
+
     /// A server context: TLS 1.2 and 1.3 (or 1.3 only), the intermediate ciphers, no renegotiation, no
     /// compression, session tickets and a session cache for resumption.
     public static func server(
@@ -80,28 +86,35 @@ public final class TLSContext: @unchecked Sendable {
         }
         let context = TLSContext(pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
-        _ = SSL_CTX_set_options(ctx, shim_SSL_OP_NO_RENEGOTIATION())
         // One TLS 1.3 ticket per handshake instead of OpenSSL's two: a client resumes with one, and each
         // ticket costs the server an encryption (about 3% of a full handshake here).
-        _ = SSL_CTX_set_num_tickets(ctx, 1)
+        try check(SSL_CTX_set_num_tickets(ctx, 1) == 1, "the number of session tickets")
         // Mozilla intermediate: the client's cipher preference (all offered ciphers are strong).
-        _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_SERVER())
+        _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_SERVER())  // returns the old mode
         var sessionContext = Array("length-echo".utf8)
-        _ = SSL_CTX_set_session_id_context(ctx, &sessionContext, UInt32(sessionContext.count))
+        try check(
+            SSL_CTX_set_session_id_context(ctx, &sessionContext, UInt32(sessionContext.count)) == 1,
+            "the session id context"
+        )
         try context.useCertificate(chain: certificateChain, key: privateKey)
 
         if clientAuthentication != .none {
             guard let clientCA else {
-                throw TLSError(.configuration, "--client-auth \(clientAuthentication.rawValue) needs --client-ca: the CA that signs client certificates")
+                throw TLSError(
+                    .configuration,
+                    "client authentication \(clientAuthentication.rawValue) needs a client CA: the CA that signs client certificates"
+                )
             }
             try Self.checkReadable(clientCA, what: "client CA file")
             OpenSSLErrors.clear()
             guard SSL_CTX_load_verify_locations(ctx, clientCA, nil) == 1 else {
                 throw TLSError(.configuration, "cannot use client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))")
             }
-            if let names = SSL_load_client_CA_file(clientCA) {
-                SSL_CTX_set_client_CA_list(ctx, names)
+            // The CA names sent in the certificate request, so a client can pick the right certificate.
+            guard let names = SSL_load_client_CA_file(clientCA) else {
+                throw TLSError(.configuration, "cannot read the CA names in client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))")
             }
+            SSL_CTX_set_client_CA_list(ctx, names)
             let mode = clientAuthentication == .required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
             SSL_CTX_set_verify(ctx, mode, nil)
         }
@@ -124,10 +137,10 @@ public final class TLSContext: @unchecked Sendable {
         }
         let context = TLSContext(pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
-        _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_CLIENT())
+        _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_CLIENT())  // returns the old mode
         switch trustRoots {
         case .system:
-            _ = SSL_CTX_set_default_verify_paths(ctx)
+            try check(SSL_CTX_set_default_verify_paths(ctx) == 1, "the system's trust store")
         case .file(let path):
             try Self.checkReadable(path, what: "CA file")
             OpenSSLErrors.clear()
@@ -142,7 +155,7 @@ public final class TLSContext: @unchecked Sendable {
         case (nil, nil):
             break
         default:
-            throw TLSError(.configuration, "a client certificate needs both --cert and --key")
+            throw TLSError(.configuration, "a client certificate needs both a certificate chain and its private key")
         }
         return context
     }
@@ -152,13 +165,17 @@ public final class TLSContext: @unchecked Sendable {
         guard minimumVersion.openSSLValue <= maximumVersion.openSSLValue else {
             throw TLSError(.configuration, "the minimum TLS version \(minimumVersion.rawValue) is above the maximum \(maximumVersion.rawValue)")
         }
-        _ = shim_SSL_CTX_set_min_proto_version(ctx, minimumVersion.openSSLValue)
-        _ = shim_SSL_CTX_set_max_proto_version(ctx, maximumVersion.openSSLValue)
-        _ = SSL_CTX_set_options(ctx, shim_SSL_OP_NO_COMPRESSION())
-        _ = SSL_CTX_set_cipher_list(ctx, Self.intermediateCiphers)
-        _ = shim_SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384")
+        try check(shim_SSL_CTX_set_min_proto_version(ctx, minimumVersion.openSSLValue) == 1, "the minimum TLS version")
+        try check(shim_SSL_CTX_set_max_proto_version(ctx, maximumVersion.openSSLValue) == 1, "the maximum TLS version")
+        // No compression (CRIME), and no renegotiation in either role: a TLS 1.2 peer asking for one is
+        // refused rather than followed into a state where writes would have to wait for reads.
+        let options = shim_SSL_OP_NO_COMPRESSION() | shim_SSL_OP_NO_RENEGOTIATION()
+        try check(SSL_CTX_set_options(ctx, options) & options == options, "the TLS options")
+        try check(SSL_CTX_set_cipher_list(ctx, Self.intermediateCiphers) == 1, "the TLS 1.2 cipher list")
+        try check(shim_SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") == 1, "the key exchange groups")
         // Idle connections give their read and write buffers back (about 34 KiB each).
-        _ = shim_SSL_CTX_set_mode(ctx, shim_SSL_MODE_RELEASE_BUFFERS())
+        let mode = shim_SSL_MODE_RELEASE_BUFFERS()
+        try check(shim_SSL_CTX_set_mode(ctx, mode) & mode == mode, "the buffer mode")
         // Never prompt on the terminal for a passphrase: an encrypted key is an error with a hint.
         SSL_CTX_set_default_passwd_cb(ctx) { _, _, _, _ in 0 }
     }
@@ -177,7 +194,7 @@ public final class TLSContext: @unchecked Sendable {
         OpenSSLErrors.clear()
         guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
             let entries = OpenSSLErrors.drain()
-            if entries.contains(where: { $0.text.contains("values mismatch") || $0.text.contains("key values mismatch") }) {
+            if entries.contains(anyOf: X509_R_KEY_VALUES_MISMATCH, in: ERR_LIB_X509) {
                 throw TLSError(.configuration, "the key \(key) does not match the certificate \(chain)")
             }
             throw TLSError(.configuration, "cannot use key file \(key): \(OpenSSLErrors.describe(entries, fallback: "no private key in it")) (expected a PEM private key)")
@@ -206,5 +223,16 @@ public final class TLSContext: @unchecked Sendable {
             if text.contains(needle) { return true }
         }
         return false
+    }
+}
+
+/// Turns a setter's failure into a configuration error: a context that silently lacks a setting is
+/// worse than none.
+private func check(_ succeeded: Bool, _ what: String) throws(TLSError) {
+    guard succeeded else {
+        throw TLSError(
+            .configuration,
+            "cannot set \(what): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "OpenSSL refused it"))"
+        )
     }
 }

@@ -1,6 +1,10 @@
-import COpenSSL
+internal import COpenSSL
 
-/// A TLS failure, with the sentence a user should read and, where there is one, what to do about it.
+/// A TLS failure, with the sentence a user should read.
+///
+/// The sentence says what happened in terms true for any program using the library; `cause` names the
+/// cases a program can advise about in its own terms (the `client` executable, say, suggests `--ca` for
+/// `.untrustedPeerCertificate`).
 public struct TLSError: Error, Equatable, Sendable, CustomStringConvertible {
     public enum Kind: Equatable, Sendable {
         /// A certificate, key or CA file could not be used.
@@ -19,12 +23,35 @@ public struct TLSError: Error, Equatable, Sendable, CustomStringConvertible {
         case protocolError
     }
 
+    /// The failures a program may want to advise about, each identified from OpenSSL's reason codes.
+    public enum Cause: Equatable, Sendable {
+        /// The peer's certificate is not signed by a CA this side trusts.
+        case untrustedPeerCertificate
+        /// The peer's certificate is for other names than the one expected.
+        case wrongHost
+        /// The server demands a client certificate and none was sent.
+        case clientCertificateRequired
+        /// A TLS 1.2 server refused the handshake with a bare "handshake failure", which is what it says when
+        /// a required client certificate is missing (or when no cipher is shared).
+        case clientCertificateMaybeRequired
+        /// The peer refused the certificate this side presented.
+        case ourCertificateRefused
+        /// No TLS version both sides allow.
+        case noSharedVersion
+        /// No cipher both sides allow.
+        case noSharedCipher
+        /// The peer did not speak TLS at all.
+        case peerNotTLS
+    }
+
     public let kind: Kind
     public let message: String
+    public let cause: Cause?
 
-    public init(_ kind: Kind, _ message: String) {
+    public init(_ kind: Kind, _ message: String, cause: Cause? = nil) {
         self.kind = kind
         self.message = message
+        self.cause = cause
     }
 
     public var description: String { self.message }
@@ -33,10 +60,16 @@ public struct TLSError: Error, Equatable, Sendable, CustomStringConvertible {
 /// OpenSSL's error queue is per thread: clear it before each call and drain it right after a failure, on
 /// the same thread, so an error never leaks into another connection's report.
 enum OpenSSLErrors {
+    /// One queued error: which library raised it, its reason code (`SSL_R_*`, `X509_R_*`, ...), and
+    /// OpenSSL's text for it, which is for people only and never matched on.
     struct Entry {
         let library: Int32
         let reason: Int32
         let text: String
+
+        func `is`(_ reason: Int32, in library: Int32 = ERR_LIB_SSL) -> Bool {
+            self.library == library && self.reason == reason
+        }
     }
 
     static func clear() {
@@ -58,5 +91,12 @@ enum OpenSSLErrors {
     /// The drained queue as one phrase, or `fallback` when it is empty.
     static func describe(_ entries: [Entry], fallback: String) -> String {
         entries.isEmpty ? fallback : entries.map(\.text).joined(separator: "; ")
+    }
+}
+
+extension [OpenSSLErrors.Entry] {
+    /// Whether any entry carries one of `reasons` from `library`.
+    func contains(anyOf reasons: Int32..., in library: Int32 = ERR_LIB_SSL) -> Bool {
+        self.contains { entry in reasons.contains { entry.is($0, in: library) } }
     }
 }

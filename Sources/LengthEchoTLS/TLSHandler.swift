@@ -1,3 +1,4 @@
+import LengthEchoCore
 import Logging
 import NIOCore
 
@@ -8,52 +9,70 @@ public enum TLSEvent: Sendable {
 
 /// TLS as one NIO channel handler, for both roles: ciphertext below it, plaintext above it.
 ///
-/// It drives an OpenSSL `SSL` through memory BIOs. Reads feed ciphertext in and pass up whatever plaintext
-/// comes out (often none); writes made before the handshake completes are queued; each flush becomes one
-/// ciphertext write. Closing sends close_notify, then waits (bounded) for the peer's. A peer that goes away
-/// without close_notify is reported as an unclean shutdown, since its data may have been cut short.
+/// A state machine whose states own their data: the handshake its timer and the promise waiting for it,
+/// a close its timer and promise, a refused peer its linger. Reads feed ciphertext to OpenSSL and pass up
+/// whatever plaintext comes out. Writes keep NIO's contract: they are buffered until `flush`, each flush
+/// becomes one ciphertext write, nothing unflushed ever leaves, and a flush during the handshake is
+/// remembered and honoured once it completes. Closing sends close_notify, then waits (bounded) for the
+/// peer's. A peer that goes away without close_notify is reported as an unclean shutdown, since its data
+/// may have been cut short.
 public final class TLSHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
-    private enum State {
-        case idle
-        case handshaking
+    enum State {
+        /// Not active yet; the promise waits for the handshake.
+        case idle(EventLoopPromise<TLSConnectionInfo>?)
+        case handshaking(Handshake)
+        /// Plaintext flows both ways.
         case active
-        /// close_notify sent; waiting for the peer's, its EOF, or the shutdown timeout.
-        case closing
-        case closed
+        /// Our close_notify is sent and our write side shut (`close(mode: .output)`); reads go on.
+        case outputClosed
+        /// Closing: close_notify sent, waiting (bounded) for the peer's, its EOF, or the timer.
+        case closing(timer: Scheduled<Void>, promise: EventLoopPromise<Void>?)
+        /// Server role: the handshake failed or the peer spoke plaintext. What tells it why (an alert, an
+        /// error line) is on its way; input is discarded until the peer closes or the linger ends.
+        case refusing(linger: Scheduled<Void>)
+        /// Over; writes fail with `failure` when the connection failed, else as writes on a closed channel.
+        case closed(failure: TLSError?)
     }
 
-    /// The first byte of every TLS handshake record.
+    struct Handshake {
+        var timer: Scheduled<Void>
+        var promise: EventLoopPromise<TLSConnectionInfo>?
+        /// Whether any byte has arrived (the first tells whether the peer speaks TLS at all).
+        var receivedAny = false
+    }
+
+    /// The first byte of every TLS handshake record, and of an alert.
     private static let handshakeRecord: UInt8 = 0x16
     private static let alertRecord: UInt8 = 0x15
+    /// How long a refused peer gets to read why before the connection closes.
+    static let lingerTime: TimeAmount = .seconds(2)
 
-    private let connection: TLSConnection
+    let connection: TLSConnection
     private let handshakeTimeout: TimeAmount
-    private let shutdownTimeout: TimeAmount
+    let shutdownTimeout: TimeAmount
     private let logger: Logger?
+    private let peer: ConnectionPeer?
+    /// Server role: what to send a client that speaks plaintext to this port (nil: close without a word).
+    private let plaintextRefusal: ByteBuffer?
     /// This event loop's reusable buffers, when the pipeline's owner provides them.
-    private let buffers: LoopBuffers?
-    private var state = State.idle
-    private var receivedAny = false
-    private var receivedCloseNotify = false
-    private var sentCloseNotify = false
-    /// Writes made before the handshake finished.
-    private var queued: [(ByteBuffer, EventLoopPromise<Void>?)] = []
-    /// Promises of plaintext writes already encrypted, completed by the next ciphertext write.
-    private var encrypted: [EventLoopPromise<Void>] = []
-    private var handshakePromise: EventLoopPromise<TLSConnectionInfo>?
-    private var closePromise: EventLoopPromise<Void>?
-    private var timer: Scheduled<Void>?
-    /// Why the connection failed, for writes that arrive afterwards.
-    private var failure: TLSError?
+    let buffers: LoopBuffers?
+    var state: State
+    /// Application writes not yet encrypted, and how many of them have been flushed.
+    var writes = PendingWrites()
+    /// Whether the peer's close_notify has arrived: its direction is finished, whatever ours is doing.
+    var inputClosed = false
 
     /// - Parameters:
     ///   - expectedHost: client role: the name or address connected to, sent as SNI (names only) and verified.
     ///   - handshakeCompleted: completed with what the handshake agreed on, or failed with why it failed.
+    ///   - plaintextRefusal: server role: the bytes to answer a client that speaks plaintext to this port
+    ///     (the protocol's own error reply); nil closes such a connection without a word.
+    ///   - peer: who is on the other end, for log lines.
     public init(
         context: TLSContext,
         expectedHost: String? = nil,
@@ -61,14 +80,18 @@ public final class TLSHandler: ChannelDuplexHandler {
         shutdownTimeout: TimeAmount = .seconds(3),
         handshakeCompleted: EventLoopPromise<TLSConnectionInfo>? = nil,
         resuming session: TLSSession? = nil,
+        plaintextRefusal: ByteBuffer? = nil,
         buffers: LoopBuffers? = nil,
+        peer: ConnectionPeer? = nil,
         logger: Logger? = nil
     ) throws(TLSError) {
-        self.buffers = buffers
         self.connection = try TLSConnection(context: context, expectedHost: expectedHost, session: session)
         self.handshakeTimeout = handshakeTimeout
         self.shutdownTimeout = shutdownTimeout
-        self.handshakePromise = handshakeCompleted
+        self.state = .idle(handshakeCompleted)
+        self.plaintextRefusal = plaintextRefusal
+        self.buffers = buffers
+        self.peer = peer
         self.logger = logger
     }
 
@@ -88,112 +111,126 @@ public final class TLSHandler: ChannelDuplexHandler {
     }
 
     private func start(context: ChannelHandlerContext) {
-        guard case .idle = self.state else { return }
-        self.state = .handshaking
+        guard case .idle(let promise) = self.state else { return }
         let seconds = formatSeconds(self.handshakeTimeout.seconds)
-        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.handshakeTimeout) {
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.handshakeTimeout) {
             self.failHandshake(
                 TLSError(.handshakeTimeout, "no TLS handshake within \(seconds) s: the peer stalled or does not speak TLS"),
                 context: context
             )
         }
-        if !self.connection.context.isServer {
+        self.state = .handshaking(Handshake(timer: timer, promise: promise))
+        if !self.connection.isServer {
             self.advanceHandshake(context: context)  // sends the ClientHello
         }
     }
 
     private func advanceHandshake(context: ChannelHandlerContext) {
+        guard case .handshaking(let handshake) = self.state else { return }
         switch self.connection.handshake() {
         case .done:
+            handshake.timer.cancel()
             self.state = .active
-            self.timer?.cancel()
-            self.timer = nil
             let info = self.connection.info
-            self.handshakePromise?.succeed(info)
-            self.handshakePromise = nil
+            handshake.promise?.succeed(info)
             context.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(info))
-            let queued = self.queued
-            self.queued = []
-            for (data, promise) in queued { self.encrypt(data, promise: promise) }
-            self.flushOutput(context: context)
-            self.connection.shrinkBuffers()
+            // One write: the handshake's last flight, and whatever was flushed while it ran.
+            self.encryptFlushedWrites(context: context)
         case .wantRead:
-            self.flushOutput(context: context)
+            self.sendOutput(context: context)
         case .closed:
-            self.failHandshake(TLSError(.handshake, "TLS handshake failed: the peer closed the connection"), context: context)
+            self.failHandshake(Self.closedDuringHandshake, context: context)
         case .failed(let entries):
             self.failHandshake(self.connection.explainHandshakeFailure(entries), context: context)
         }
     }
 
     private func failHandshake(_ error: TLSError, context: ChannelHandlerContext) {
-        guard case .handshaking = self.state else { return }
-        self.timer?.cancel()
-        self.timer = nil
-        self.abandonHandshake(error)
-        if self.connection.context.isServer {
-            self.state = .closed
+        guard case .handshaking(let handshake) = self.state else { return }
+        handshake.timer.cancel()
+        handshake.promise?.fail(error)
+        self.writes.failAll(error)
+        if self.connection.isServer {
             // Log it here and keep serving everyone else. Send the alert that tells the client why, shut our
             // side, and discard its input for a while: closing at once would answer the client's unread bytes
-            // with a reset that can destroy the alert before the client reads it.
-            self.logger?.info(
-                "\(error)",
-                metadata: ["peer": "\(context.peerDescription)"]
-            )
-            self.lingerThenClose(context: context)
+            // with a reset that can destroy the alert before the client reads it. A stalled peer has nothing
+            // to read: it loses its slot at once.
+            self.log(.info, "\(error)")
+            self.state = .closed(failure: error)
+            if case .handshakeTimeout = error.kind {
+                context.close(promise: nil)
+            } else {
+                self.sendOutput(context: context)
+                self.linger(context: context)
+            }
         } else {
-            self.flushOutput(context: context)
+            self.sendOutput(context: context)
             self.fail(error, context: context)
         }
     }
 
-    /// The handshake will not complete: whoever waits for it, or for a queued write, learns why.
-    private func abandonHandshake(_ error: any Error) {
-        self.handshakePromise?.fail(error)
-        self.handshakePromise = nil
-        for (_, promise) in self.queued { promise?.fail(error) }
-        self.queued = []
+    /// Enters `.refusing`: what was written last reaches the peer, whose input is discarded until it
+    /// closes or the linger ends. (The state is set before any I/O, which can re-enter the handler.)
+    private func linger(context: ChannelHandlerContext) {
+        let linger = context.shutOutputThenClose(after: Self.lingerTime)
+        if context.channel.isActive, case .closed = self.state {
+            self.state = .refusing(linger: linger)
+        } else {
+            linger.cancel()
+        }
     }
 
     /// The connection is over: remember why (for writes that still arrive), tell the pipeline, close.
-    private func fail(_ error: TLSError, context: ChannelHandlerContext) {
-        self.state = .closed
-        self.failure = error
+    func fail(_ error: TLSError, context: ChannelHandlerContext) {
+        var closePromise: EventLoopPromise<Void>?
+        if case .closing(_, let promise) = self.state { closePromise = promise }
+        self.cancelTimers()
+        self.state = .closed(failure: error)
+        self.writes.failAll(error)
         context.fireErrorCaught(error)
-        context.close(promise: nil)
+        context.close(promise: closePromise)
     }
 
-    /// Sends what is pending (the alert), then closes without losing it to a reset.
-    private func lingerThenClose(context: ChannelHandlerContext) {
-        self.flushOutput(context: context)
-        self.timer = context.shutOutputThenClose(after: .seconds(2))
+    func cancelTimers() {
+        switch self.state {
+        case .handshaking(let handshake): handshake.timer.cancel()
+        case .closing(let timer, _): timer.cancel()
+        case .refusing(let linger): linger.cancel()
+        case .idle, .active, .outputClosed, .closed: break
+        }
+    }
+
+    private func log(_ level: Logger.Level, _ message: Logger.Message) {
+        guard let logger = self.logger else { return }
+        logger.log(level: level, message, metadata: self.peer.map { $0.metadata.mapValues { .string($0) } })
     }
 
     // MARK: read
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = self.unwrapInboundIn(data)
-        if !self.receivedAny {
-            self.receivedAny = true
-            if let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self),
-                first != Self.handshakeRecord && first != Self.alertRecord
-            {
-                self.notTLS(bytes, context: context)
-                return
-            }
-        }
         // Never hold the socket's read buffer past this read: NIO reuses it only if nobody else holds it,
         // and otherwise keeps one more in its pool for the life of the connection.
-        defer { self.connection.shrinkBuffers() }
+        defer { self.connection.releaseIdleBuffers() }
         switch self.state {
-        case .idle, .closed:
-            return
-        case .handshaking:
+        case .idle, .refusing, .closed:
+            return  // nothing to say to the peer any more: discarded
+        case .handshaking(var handshake):
+            if !handshake.receivedAny {
+                handshake.receivedAny = true
+                self.state = .handshaking(handshake)
+                if let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self),
+                    first != Self.handshakeRecord && first != Self.alertRecord
+                {
+                    self.notTLS(bytes, context: context)
+                    return
+                }
+            }
             self.connection.feed(bytes)
             self.advanceHandshake(context: context)
             guard case .active = self.state else { return }
             self.readPlaintext(context: context)
-        case .active, .closing:
+        case .active, .outputClosed, .closing:
             self.connection.feed(bytes)
             self.readPlaintext(context: context)
         }
@@ -204,58 +241,61 @@ public final class TLSHandler: ChannelDuplexHandler {
         let capacity = max(self.connection.inputPending, 64)
         var plaintext = self.buffers?.plaintext.take(capacity: capacity) ?? context.channel.allocator.buffer(capacity: capacity)
         let status = self.connection.read(into: &plaintext)
-        if plaintext.readableBytes > 0, case .active = self.state {
-            context.fireChannelRead(self.wrapInboundOut(plaintext))
+        if plaintext.readableBytes > 0 {
+            switch self.state {
+            case .active, .outputClosed: context.fireChannelRead(self.wrapInboundOut(plaintext))
+            default: break  // closing: the application asked for no more
+            }
         }
         self.buffers?.plaintext.giveBack(plaintext)
         switch status {
         case .done, .wantRead:
-            self.flushOutput(context: context)  // tickets, key updates
-        case .closed:
-            self.receivedCloseNotify = true
-            self.flushOutput(context: context)
-            if case .closing = self.state {
-                context.close(promise: self.closePromise)
-                self.closePromise = nil
+            // A write that waited for this read goes now; else what OpenSSL said (tickets, key updates).
+            if self.writes.hasFlushed, case .active = self.state {
+                self.encryptFlushedWrites(context: context)
             } else {
+                self.sendOutput(context: context)
+            }
+        case .closed:
+            self.inputClosed = true
+            self.sendOutput(context: context)
+            switch self.state {
+            case .closing:
+                self.closeNow(context: context)
+            case .active, .outputClosed:
                 // The peer finished sending: the same as a TCP half-close, one layer up.
                 context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            default:
+                break
             }
         case .failed(let entries):
-            self.flushOutput(context: context)
-            let text = OpenSSLErrors.describe(entries, fallback: "unknown error")
-            let error = TLSError(
-                .protocolError,
-                "TLS error: " + TLSConnection.hint(for: text, isClient: !self.connection.context.isServer, hasCertificate: self.connection.context.hasCertificate)
-            )
-            self.fail(error, context: context)
+            self.sendOutput(context: context)
+            self.fail(self.connection.explainFailure(entries), context: context)
         }
     }
 
-    /// The first bytes were not TLS. A server answers in the protocol's own plaintext error form so a
-    /// plaintext client learns why; a client reports that the server did not speak TLS.
+    /// The first bytes were not TLS. A server answers with the refusal it was given (in the protocol's
+    /// own plaintext form, so a plaintext client learns why); a client reports that the server did not
+    /// speak TLS.
     private func notTLS(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
-        self.state = .closed
-        if self.connection.context.isServer {
-            self.logger?.notice(
-                "a plaintext client connected to the TLS port; answered with an error",
-                metadata: ["peer": "\(context.peerDescription)"]
-            )
-            var reply = context.channel.allocator.buffer(capacity: 96)
-            reply.writeString("error: this port speaks TLS; connect with a TLS client (client --tls)")
-            reply.writeInteger(UInt8(0))
-            context.write(self.wrapOutboundOut(reply), promise: nil)
-            self.lingerThenClose(context: context)
+        guard case .handshaking(let handshake) = self.state else { return }
+        handshake.timer.cancel()
+        if self.connection.isServer {
+            handshake.promise?.fail(TLSError(.peerNotTLS, "the client did not speak TLS", cause: .peerNotTLS))
+            self.log(.notice, "a plaintext client connected to the TLS port\(self.plaintextRefusal == nil ? "" : "; answered with an error")")
+            self.state = .closed(failure: nil)
+            if let refusal = self.plaintextRefusal {
+                context.write(self.wrapOutboundOut(refusal), promise: nil)
+            }
+            self.linger(context: context)
         } else {
             let preview = Array(bytes.readableBytesView.prefix(40))
-            let shown = String(decoding: preview.map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: ".") }, as: UTF8.self)
             let error = TLSError(
                 .peerNotTLS,
-                "TLS handshake failed: the server did not speak TLS (it answered \"\(shown)\"): is it a plaintext server? try without --tls"
+                "TLS handshake failed: the server did not speak TLS (it answered \"\(Escaping.printable(preview))\"): is it a plaintext server?",
+                cause: .peerNotTLS
             )
-            self.abandonHandshake(error)
+            handshake.promise?.fail(error)
             self.fail(error, context: context)
         }
     }
@@ -269,158 +309,47 @@ public final class TLSHandler: ChannelDuplexHandler {
         switch self.state {
         case .handshaking:
             self.failHandshake(Self.closedDuringHandshake, context: context)
-        case .active:
-            if !self.receivedCloseNotify { self.fail(Self.uncleanShutdown, context: context) }
+        case .active, .outputClosed:
+            if !self.inputClosed { self.fail(Self.uncleanShutdown, context: context) }
         case .closing:
-            context.close(promise: self.closePromise)
-            self.closePromise = nil
-        case .idle, .closed:
+            self.closeNow(context: context)
+        case .idle, .refusing, .closed:
+            self.cancelTimers()
             context.close(promise: nil)
         }
     }
 
-    private static let closedDuringHandshake = TLSError(
+    static let closedDuringHandshake = TLSError(
         .handshake,
         "TLS handshake failed: the peer closed the connection during the handshake"
     )
 
-    private static let uncleanShutdown = TLSError(
+    static let uncleanShutdown = TLSError(
         .uncleanShutdown,
         "the peer closed the connection without a TLS close_notify: what it sent may be truncated"
     )
 
     public func channelInactive(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
-        switch self.state {
-        case .handshaking:
-            self.abandonHandshake(Self.closedDuringHandshake)
+        let state = self.state
+        self.cancelTimers()
+        self.state = .closed(failure: nil)
+        switch state {
+        case .handshaking(let handshake):
+            handshake.promise?.fail(Self.closedDuringHandshake)
+            self.writes.failAll(Self.closedDuringHandshake)
             context.fireErrorCaught(Self.closedDuringHandshake)
-        case .active where !self.receivedCloseNotify:
+        case .idle(let promise):
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        case .active where !self.inputClosed:
             context.fireErrorCaught(Self.uncleanShutdown)
+        case .closing(_, let promise):
+            promise?.succeed()
+        case .closed(let failure):
+            self.state = .closed(failure: failure)
         default:
             break
         }
-        self.state = .closed
-        self.abandonHandshake(ChannelError.ioOnClosedChannel)
-        for promise in self.encrypted { promise.fail(ChannelError.ioOnClosedChannel) }
-        self.encrypted = []
-        self.closePromise?.succeed()
-        self.closePromise = nil
+        self.writes.failAll(ChannelError.ioOnClosedChannel)
         context.fireChannelInactive()
-    }
-
-    // MARK: write
-
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let plaintext = self.unwrapOutboundIn(data)
-        switch self.state {
-        case .idle, .handshaking:
-            self.queued.append((plaintext, promise))
-        case .active:
-            self.encrypt(plaintext, promise: promise)
-        case .closing, .closed:
-            promise?.fail(self.failure ?? ChannelError.outputClosed)
-        }
-    }
-
-    private func encrypt(_ plaintext: ByteBuffer, promise: EventLoopPromise<Void>?) {
-        if self.connection.io.outbound.capacity == 0, let scratch = self.buffers?.ciphertext {
-            // Records are written straight into the loop's reusable buffer.
-            self.connection.io.outbound = scratch.take(capacity: plaintext.readableBytes + 64)
-        }
-        if case .failed(let entries) = self.connection.write(plaintext) {
-            promise?.fail(TLSError(.protocolError, "TLS write failed: \(OpenSSLErrors.describe(entries, fallback: "unknown error"))"))
-            return
-        }
-        if let promise { self.encrypted.append(promise) }
-    }
-
-    public func flush(context: ChannelHandlerContext) {
-        switch self.state {
-        case .active, .closing:
-            self.flushOutput(context: context)
-        case .idle, .handshaking, .closed:
-            break  // queued writes go out, flushed, when the handshake completes
-        }
-    }
-
-    /// Sends what OpenSSL has produced for the peer as one write, completing the plaintext writes it carries.
-    private func flushOutput(context: ChannelHandlerContext, extra: EventLoopPromise<Void>? = nil) {
-        // Taken out before any promise completes: completing one can re-enter this handler and write again.
-        var promises = self.encrypted
-        self.encrypted = []
-        if let extra { promises.append(extra) }
-        guard self.connection.outputPending > 0 else {
-            for promise in promises { promise.succeed() }
-            return
-        }
-        // Sent as OpenSSL wrote it; the buffer goes back to the loop's scratch once handed over.
-        let ciphertext = self.connection.io.takeOutbound()
-        defer { self.buffers?.ciphertext.giveBack(ciphertext) }
-        let promise: EventLoopPromise<Void>?
-        switch promises.count {
-        case 0: promise = nil
-        case 1: promise = promises[0]
-        default:
-            let combined = context.eventLoop.makePromise(of: Void.self)
-            for waiter in promises { combined.futureResult.cascade(to: waiter) }
-            promise = combined
-        }
-        context.writeAndFlush(self.wrapOutboundOut(ciphertext), promise: promise)
-    }
-
-    // MARK: close
-
-    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        switch (mode, self.state) {
-        case (.all, .active):
-            self.state = .closing
-            self.closePromise = promise
-            self.sendCloseNotify(context: context) {
-                if self.receivedCloseNotify {
-                    context.close(promise: self.closePromise)
-                    self.closePromise = nil
-                } else {
-                    // Let the peer see EOF too, and wait (bounded) for its close_notify.
-                    context.close(mode: .output, promise: nil)
-                }
-            }
-            self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.shutdownTimeout) {
-                context.close(promise: self.closePromise)
-                self.closePromise = nil
-            }
-        case (.all, .closing):
-            if let promise {
-                if let existing = self.closePromise {
-                    existing.futureResult.cascade(to: promise)
-                } else {
-                    self.closePromise = promise
-                }
-            }
-        case (.output, .active):
-            self.sendCloseNotify(context: context) {
-                context.close(mode: .output, promise: promise)
-            }
-        case (.all, .idle), (.all, .handshaking):
-            self.state = .closed
-            self.timer?.cancel()
-            self.abandonHandshake(ChannelError.ioOnClosedChannel)
-            context.close(mode: mode, promise: promise)
-        default:
-            context.close(mode: mode, promise: promise)
-        }
-    }
-
-    private func sendCloseNotify(context: ChannelHandlerContext, then: @escaping () -> Void) {
-        guard !self.sentCloseNotify else {
-            then()
-            return
-        }
-        self.sentCloseNotify = true
-        self.connection.shutdown()
-        let written = context.eventLoop.makePromise(of: Void.self)
-        self.flushOutput(context: context, extra: written)
-        written.futureResult.assumeIsolated().whenComplete { _ in then() }
     }
 }

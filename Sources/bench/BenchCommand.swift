@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Histogram
 import LengthEcho
+import LengthEchoCore
 import LengthEchoTLS
 import NIOCore
 import NIOPosix
@@ -41,6 +42,9 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Message size in bytes.")
     var size = 11
+
+    @Option(name: .long, help: "What ends each message and reply: nul or line.")
+    var framing: Framing = .nul
 
     @Option(name: .long, help: "Event-loop threads.")
     var threads = 2
@@ -92,11 +96,11 @@ struct BenchCommand: AsyncParsableCommand {
             return
         }
 
-        var message = ByteBuffer()
-        message.writeBytes((0..<self.size).map { UInt8(0x61 + $0 % 26) })
+        let body = (0..<self.size).map { UInt8(0x61 + $0 % 26) }
         var expectedBuffer = ByteBuffer()
-        Reply.write(echoOf: message, into: &expectedBuffer)
-        message.writeInteger(UInt8(0))
+        Reply.write(echoOf: ByteBuffer(bytes: body), framing: self.framing, into: &expectedBuffer)
+        var message = ByteBuffer()
+        self.framing.writeRequest(body, into: &message)
 
         let start = NIODeadline.now()
         let measureFrom = start + .fromSeconds(self.warmup)
@@ -267,3 +271,5 @@ enum Hold {
         for channel in channels { channel.close(promise: nil) }
     }
 }
+
+extension Framing: ExpressibleByArgument {}

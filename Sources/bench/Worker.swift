@@ -1,5 +1,6 @@
 import Histogram
 import LengthEcho
+import LengthEchoCore
 import LengthEchoTLS
 import NIOCore
 import NIOPosix

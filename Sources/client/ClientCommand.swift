@@ -1,5 +1,6 @@
 import ArgumentParser
 import LengthEcho
+import LengthEchoCore
 import LengthEchoTLS
 import NIOCore
 
@@ -30,6 +31,9 @@ struct ClientCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "The server's port.")
     var port = 4000
+
+    @Option(name: .long, help: "What ends each message and reply: nul (the original protocol) or line.")
+    var framing: Framing = .nul
 
     @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for the connection.")
     var connectTimeout: Double = 5
@@ -75,6 +79,7 @@ struct ClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         var configuration = ClientConfiguration(host: self.host, port: self.port)
+        configuration.framing = self.framing
         configuration.connectTimeout = .fromSeconds(self.connectTimeout)
         configuration.replyTimeout = .fromSeconds(self.replyTimeout)
         if self.tls {
@@ -91,7 +96,7 @@ struct ClientCommand: AsyncParsableCommand {
                     verify: !self.insecure
                 )
             } catch {
-                Self.printError("client: \(error)")
+                Self.printError("client: \(error)\(self.advice(for: error).map { "; \($0)" } ?? "")")
                 throw ExitCode.failure
             }
             configuration.serverName = self.serverName
@@ -109,10 +114,35 @@ struct ClientCommand: AsyncParsableCommand {
                 }
             }
         } catch {
-            Self.printError("client: \(error)")
+            Self.printError("client: \(error)\(self.advice(for: error).map { "; \($0)" } ?? "")")
             throw ExitCode.failure
         }
         await client.close()
+    }
+
+    /// What this program's user can do about a library error, in terms of its own flags.
+    func advice(for error: any Error) -> String? {
+        switch error {
+        case LengthEchoError.replyTimeout:
+            return "see --reply-timeout"
+        case LengthEchoError.connectTimeout:
+            return "see --connect-timeout"
+        case LengthEchoError.connectionRefused(_, let port):
+            return "start one with `server --port \(port)`, or pass the right --host/--port"
+        case LengthEchoError.invalidReply where self.framing == .nul:
+            return "if the server speaks line framing, pass --framing line"
+        case let error as TLSError:
+            switch error.cause {
+            case .untrustedPeerCertificate: return "pass --ca with the CA that signed it (e.g. certs/ca.pem)"
+            case .wrongHost: return "connect by one of those names, or pass --server-name"
+            case .clientCertificateRequired, .clientCertificateMaybeRequired: return "pass --cert and --key"
+            case .noSharedVersion: return "this client offers TLS \(self.tlsMin.rawValue) to \(self.tlsMax.rawValue) (see --tls-min, --tls-max)"
+            case .peerNotTLS: return "try without --tls"
+            case .ourCertificateRefused, .noSharedCipher, nil: return nil
+            }
+        default:
+            return nil
+        }
     }
 
     static func printError(_ text: String) {
@@ -143,3 +173,4 @@ struct ClientCommand: AsyncParsableCommand {
 }
 
 extension TLSVersion: ExpressibleByArgument {}
+extension Framing: ExpressibleByArgument {}

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LengthEcho
+import LengthEchoCore
 import LengthEchoTLS
 import Logging
 import NIOCore
@@ -30,6 +31,12 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "The TCP port; 0 picks a free one and prints it.")
     var port: Int = 4000
+
+    @Option(
+        name: .long,
+        help: "What ends each message and reply: nul (the original protocol) or line (for nc, telnet, openssl s_client)."
+    )
+    var framing: Framing = .nul
 
     @Option(name: .customLong("max-message"), help: "The largest message accepted, in bytes.")
     var maxMessage: Int = 1 << 20
@@ -87,6 +94,9 @@ struct ServerCommand: AsyncParsableCommand {
         if self.clientCA != nil && self.clientAuth == .none {
             throw ValidationError("--client-ca needs --client-auth optional or required")
         }
+        if self.clientCA == nil && self.clientAuth != .none {
+            throw ValidationError("--client-auth \(self.clientAuth.rawValue) needs --client-ca: the CA that signs client certificates")
+        }
     }
 
     private func makeTLSContext() throws -> TLSContext {
@@ -124,6 +134,7 @@ struct ServerCommand: AsyncParsableCommand {
         var configuration = ServerConfiguration()
         if !self.host.isEmpty { configuration.hosts = self.host }
         configuration.port = self.port
+        configuration.framing = self.framing
         configuration.maximumMessageLength = self.maxMessage
         configuration.idleTimeout = .fromSeconds(self.idleTimeout)
         configuration.maximumConnections = self.maxConnections
@@ -151,11 +162,15 @@ struct ServerCommand: AsyncParsableCommand {
         do {
             server = try await LengthEchoServer.start(configuration: configuration)
         } catch {
-            Standard.error("server: \(error)")
+            Standard.error("server: \(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
             throw ExitCode.failure
         }
         let addresses = server.localAddresses.map { LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0) }
-        Standard.error("server: listening on \(addresses.joined(separator: " and ")) (\(self.tls ? "TLS \(self.tlsMin.rawValue)+" + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)") : "plaintext"))")
+        let security = self.tls
+            ? "TLS \(self.tlsMin.rawValue)+" + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)")
+            : "plaintext"
+        let framing = self.framing == .nul ? "" : ", \(self.framing.rawValue) framing"
+        Standard.error("server: listening on \(addresses.joined(separator: " and ")) (\(security)\(framing))")
 
         var signal = await signals.next()
         while signal == SIGHUP {
@@ -174,7 +189,20 @@ struct ServerCommand: AsyncParsableCommand {
     }
 }
 
+extension ServerCommand {
+    /// What this program's user can do about a library error, in terms of its own flags.
+    static func advice(for error: any Error) -> String? {
+        guard case LengthEchoError.bindFailed(_, _, let reason) = error else { return nil }
+        switch reason {
+        case .addressInUse: return "stop the other server or pick another --port"
+        case .noSuchAddress, .hostNotFound: return "check --host"
+        case .permissionDenied, .familyNotSupported, .other: return nil
+        }
+    }
+}
+
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension Framing: ExpressibleByArgument {}
 extension TLSVersion: ExpressibleByArgument {}
 extension ClientAuthentication: ExpressibleByArgument {}
 

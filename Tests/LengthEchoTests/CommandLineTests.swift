@@ -1,3 +1,5 @@
+import LengthEchoCore
+import LengthEchoTestSupport
 import Foundation
 import Testing
 
@@ -45,6 +47,8 @@ struct CommandLineTests {
         let second = try Executable("server", ["--host", "127.0.0.1", "--port", "\(port)"])
         #expect(await second.exitStatus() != 0)
         #expect(second.stderr.contains("port \(port) is already in use"))
+        // The library says what happened; the executable adds what to do in terms of its own flags.
+        #expect(second.stderr.contains("pick another --port"))
         server.terminate()
         #expect(await server.exitStatus() == 0)
     }
@@ -61,6 +65,7 @@ struct CommandLineTests {
         let refused = try Executable("client", ["--port", "\(closed.port)", "x"])
         #expect(await refused.exitStatus() == 1)
         #expect(refused.stderr.contains("no server is running on port \(closed.port)"))
+        #expect(refused.stderr.contains("start one with `server --port \(closed.port)`"))
         let badFlag = try Executable("server", ["--port", "70000"])
         #expect(await badFlag.exitStatus() != 0)
         #expect(badFlag.stderr.contains("--port"))

@@ -1,3 +1,5 @@
+import LengthEchoCore
+import LengthEchoTestSupport
 import Foundation
 import LengthEcho
 import LengthEchoTLS

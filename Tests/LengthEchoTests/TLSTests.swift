@@ -1,3 +1,5 @@
+import LengthEchoCore
+import LengthEchoTestSupport
 import Foundation
 import LengthEcho
 import LengthEchoTLS
@@ -138,7 +140,7 @@ struct TLSTests {
             _ = try await self.tlsClient(server, try other.clientContext()).connect()
         } throws: { error in
             guard let error = error as? TLSError, case .verification = error.kind else { return false }
-            return error.message.contains("unknown CA") && error.message.contains("--ca")
+            return error.message.contains("unknown CA") && error.cause == .untrustedPeerCertificate
         }
         await #expect {
             _ = try await self.tlsClient(server, try certificates.clientContext(), serverName: "example.com").connect()

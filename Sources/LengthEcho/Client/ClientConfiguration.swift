@@ -1,3 +1,4 @@
+import LengthEchoCore
 import LengthEchoTLS
 import NIOCore
 
@@ -6,6 +7,8 @@ public struct ClientConfiguration: Sendable {
     /// A host name or an IPv4 or IPv6 address.
     public var host: String = "127.0.0.1"
     public var port: Int = 4000
+    /// What ends each message and each reply: NUL (the original protocol) or a newline.
+    public var framing: Framing = .nul
     public var connectTimeout: TimeAmount = .seconds(5)
     public var replyTimeout: TimeAmount = .seconds(30)
     /// TLS when set: the context says what is trusted and whether a client certificate is presented.
@@ -13,7 +16,7 @@ public struct ClientConfiguration: Sendable {
     /// The name sent as SNI and verified against the certificate; by default, `host`.
     public var serverName: String?
     public var handshakeTimeout: TimeAmount = .seconds(10)
-    /// Replies longer than this (without their NUL) are refused as invalid.
+    /// Replies longer than this (without their terminator) are refused as invalid.
     public var maximumReplyLength: Int = (1 << 20) + 32
 
     public init(host: String = "127.0.0.1", port: Int = 4000) {
@@ -24,7 +27,7 @@ public struct ClientConfiguration: Sendable {
 
 /// A valid reply that echoes the message sent.
 public struct EchoReply: Sendable, Equatable {
-    /// The reply as it came, without its NUL: `11 : test_string`.
+    /// The reply as it came, without its terminator: `11 : test_string`.
     public let bytes: [UInt8]
     /// The message's length as the server stated it.
     public let length: Int

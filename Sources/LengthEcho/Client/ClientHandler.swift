@@ -1,3 +1,4 @@
+import LengthEchoCore
 import NIOCore
 import Synchronization
 
@@ -15,12 +16,12 @@ final class ConnectionFailure: Sendable {
 
 /// One message on its way out, with the promise its reply completes.
 struct ClientRequest: Sendable {
-    /// The message followed by its NUL.
+    /// The message followed by its terminator.
     var bytes: ByteBuffer
     var reply: EventLoopPromise<ByteBuffer>
 }
 
-/// The client's side of one connection: writes messages, and hands each reply (the bytes up to its NUL)
+/// The client's side of one connection: writes messages, and hands each reply (the bytes up to its terminator)
 /// to the request that is waiting for it, in order, so requests may be pipelined.
 ///
 /// A reply may also end with the connection: the original C server writes its reply without a trailing
@@ -32,13 +33,13 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     private var waiting = CircularBuffer<EventLoopPromise<ByteBuffer>>()
-    /// Reply bytes received and not yet handed to a request (a reply ends with its NUL).
+    /// Reply bytes received and not yet handed to a request (a reply ends with its terminator).
     private var replies: MessageFramer
 
     private let failure: ConnectionFailure
 
-    init(maximumReplyLength: Int, failure: ConnectionFailure) {
-        self.replies = MessageFramer(maximumMessageLength: maximumReplyLength)
+    init(framing: Framing, maximumReplyLength: Int, failure: ConnectionFailure) {
+        self.replies = MessageFramer(framing: framing, maximumMessageLength: maximumReplyLength)
         self.failure = failure
     }
 
@@ -56,7 +57,7 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
                 reply = try self.replies.next()
             } catch {
                 self.fail(
-                    LengthEchoError.invalidReply("", reason: "more than \(self.replies.maximumMessageLength) bytes without a NUL"),
+                    LengthEchoError.invalidReply("", reason: "more than \(self.replies.maximumMessageLength) bytes without a \(self.replies.framing.terminatorName)"),
                     context: context
                 )
                 return

@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import LengthEchoCore
 import LengthEchoTLS
 import NIOCore
 import NIOPosix
@@ -54,7 +55,9 @@ public actor LengthEchoClient {
     }
 
     private func send(batch messages: [[UInt8]]) async throws -> [EchoReply] {
-        if messages.contains(where: { $0.contains(0) }) { throw LengthEchoError.messageContainsNUL }
+        for message in messages {
+            if let problem = self.configuration.framing.problem(sending: message) { throw problem }
+        }
         var retried = false
         while true {
             let channel = try await self.connection()
@@ -62,7 +65,12 @@ public actor LengthEchoClient {
             do {
                 let raw: [ByteBuffer]
                 do {
-                    raw = try await Self.exchange(messages, on: channel, timeout: self.configuration.replyTimeout)
+                    raw = try await Self.exchange(
+                        messages,
+                        framing: self.configuration.framing,
+                        on: channel,
+                        timeout: self.configuration.replyTimeout
+                    )
                 } catch LengthEchoError.closedBeforeReply {
                     // Report why the connection died, when something said so.
                     throw self.failure.recorded ?? LengthEchoError.closedBeforeReply
@@ -141,6 +149,7 @@ public actor LengthEchoClient {
     {
         let failure = ConnectionFailure()
         let maximumReplyLength = configuration.maximumReplyLength
+        let framing = configuration.framing
         let loop = group.next()
         let handshake = configuration.tls == nil ? nil : loop.makePromise(of: TLSConnectionInfo.self)
         let bootstrap = ClientBootstrap(group: loop)
@@ -160,7 +169,7 @@ public actor LengthEchoClient {
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        LengthEchoClientHandler(maximumReplyLength: maximumReplyLength, failure: failure)
+                        LengthEchoClientHandler(framing: framing, maximumReplyLength: maximumReplyLength, failure: failure)
                     )
                 }
             }
@@ -182,16 +191,18 @@ public actor LengthEchoClient {
     }
 
     /// Writes all of `messages` and flushes once; returns the raw replies in order.
-    private static func exchange(_ messages: [[UInt8]], on channel: any Channel, timeout: TimeAmount) async throws
-        -> [ByteBuffer]
-    {
+    private static func exchange(
+        _ messages: [[UInt8]],
+        framing: Framing,
+        on channel: any Channel,
+        timeout: TimeAmount
+    ) async throws -> [ByteBuffer] {
         let loop = channel.eventLoop
         var replies: [EventLoopPromise<ByteBuffer>] = []
         replies.reserveCapacity(messages.count)
         for message in messages {
             var bytes = channel.allocator.buffer(capacity: message.count + 1)
-            bytes.writeBytes(message)
-            bytes.writeInteger(UInt8(0))
+            framing.writeRequest(message, into: &bytes)
             let reply = loop.makePromise(of: ByteBuffer.self)
             channel.write(ClientRequest(bytes: bytes, reply: reply)).whenFailure { _ in
                 reply.fail(LengthEchoError.closedBeforeReply)

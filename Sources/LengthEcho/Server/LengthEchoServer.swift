@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import LengthEchoCore
 import LengthEchoTLS
 import Logging
 import NIOCore
@@ -70,62 +71,35 @@ public final class LengthEchoServer: Sendable {
         let group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let tracker = ConnectionTracker(limit: configuration.maximumConnections)
         let tls = TLSContextHolder(configuration.tls)
-        var listeners: [any Channel] = []
-        var port = configuration.port
-
-        func giveUp(_ error: LengthEchoError) async throws -> Never {
-            for listener in listeners { try? await listener.close() }
-            if ownsGroup { try? await group.shutdownGracefully() }
-            throw error
-        }
 
         // One listening socket per event loop (SO_REUSEPORT): the kernel spreads connections over them, and
         // each connection lives on the loop that accepted it, with no hand-off between threads.
         let loops = Array(group.makeIterator())
         var loopStates: [NIOLoopBound<ServerLoopState>] = []
         for loop in loops {
-            let idleTimeout = configuration.idleTimeout
             loopStates.append(
-                try await loop.submit { NIOLoopBound(ServerLoopState(loop: loop, idleTimeout: idleTimeout), eventLoop: loop) }.get()
+                try await loop.submit {
+                    NIOLoopBound(ServerLoopState(loop: loop, configuration: configuration), eventLoop: loop)
+                }.get()
             )
         }
-        for host in configuration.hosts {
-            let address: SocketAddress
-            do {
-                address = try SocketAddress.makeAddressResolvingHost(host, port: port)
-            } catch {
-                try await giveUp(.bindFailed(host: host, port: port, reason: "no such host or address"))
+        let states = Dictionary(uniqueKeysWithValues: zip(loops.map { ObjectIdentifier($0) }, loopStates))
+        let listeners: [any Channel]
+        do {
+            listeners = try await Listeners.bind(configuration: configuration, loops: loops) { loop, ipv6Only in
+                // `states` has an entry for every loop of `loops`.
+                Self.bootstrap(
+                    loop: loop,
+                    loopState: states[ObjectIdentifier(loop)] ?? loopStates[0],
+                    tls: tls,
+                    configuration: configuration,
+                    tracker: tracker,
+                    ipv6Only: ipv6Only
+                )
             }
-            let usingDefaults = configuration.hosts == ServerConfiguration.allAddresses
-            // SO_REUSEPORT would let us share a port another server of this user already holds; check first.
-            if port != 0, let errno = Self.probe(address), errno != 0 {
-                if usingDefaults, address.protocol == .inet6, errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL {
-                    configuration.logger.info("IPv6 is not available here; listening on IPv4 only")
-                    continue
-                }
-                try await giveUp(.bindFailed(host: host, port: port, reason: Self.explain(errno: errno, port: port)))
-            }
-            for (loop, loopState) in zip(loops, loopStates) {
-                do {
-                    let listener = try await Self.bootstrap(
-                        loop: loop,
-                        loopState: loopState,
-                        tls: tls,
-                        configuration: configuration,
-                        tracker: tracker,
-                        ipv6Only: address.protocol == .inet6
-                    ).bind(to: try SocketAddress.makeAddressResolvingHost(host, port: port)).get()
-                    listeners.append(listener)
-                    if port == 0 { port = listener.localAddress?.port ?? 0 }
-                } catch {
-                    let errno = (error as? IOError)?.errnoCode
-                    if usingDefaults, address.protocol == .inet6, errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL {
-                        configuration.logger.info("IPv6 is not available here; listening on IPv4 only")
-                        break
-                    }
-                    try await giveUp(.bindFailed(host: host, port: port, reason: Self.explain(error, port: port)))
-                }
-            }
+        } catch {
+            if ownsGroup { try? await group.shutdownGracefully() }
+            throw error
         }
         return LengthEchoServer(
             configuration: configuration,
@@ -159,74 +133,33 @@ public final class LengthEchoServer: Sendable {
         }
         return bootstrap
             .childChannelInitializer { channel in
-                guard tracker.admit() else {
-                    configuration.logger.warning(
-                        "refusing a connection: \(tracker.limit) connections are open (--max-connections)"
-                    )
-                    return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(BusyRejectHandler(limit: tracker.limit))
-                    }
-                }
-                return channel.eventLoop.makeCompletedFuture {
-                    // Set here, synchronously, rather than as a child option applied through futures.
-                    // A client's half-close is its last message, not the end of the conversation.
-                    try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-                    // The child lives on the loop that accepted it, which owns these buffers.
+                channel.eventLoop.makeCompletedFuture {
+                    // The child lives on the loop that accepted it, which owns this state.
                     let loopState = loopState.value
-                    if let context = tls.current {
-                        try channel.pipeline.syncOperations.addHandler(
-                            TLSHandler(
-                                context: context,
-                                handshakeTimeout: configuration.handshakeTimeout,
-                                buffers: loopState.buffers,
-                                logger: configuration.logger
-                            )
+                    guard tracker.admit() else {
+                        configuration.logger.warning(
+                            "refusing a connection: \(tracker.limit) connections are open, the limit"
                         )
+                        try channel.pipeline.syncOperations.addHandler(BusyRejectHandler(refusal: loopState.busyRefusal))
+                        return
                     }
-                    try channel.pipeline.syncOperations.addHandler(
-                        LengthEchoServerHandler(
+                    do {
+                        try ConnectionPipeline.configure(
+                            channel,
                             configuration: configuration,
                             loopState: loopState,
+                            tls: tls.current,
                             tracker: tracker
                         )
-                    )
+                    } catch {
+                        // The protocol handler, which releases the slot when removed, may not be in place.
+                        if (try? channel.pipeline.syncOperations.handler(type: LengthEchoServerHandler.self)) == nil {
+                            tracker.release()
+                        }
+                        throw error
+                    }
                 }
             }
-    }
-
-    /// Binds a plain socket (SO_REUSEADDR only) to `address` and closes it: 0 if the address is free, else the errno.
-    static func probe(_ address: SocketAddress) -> Int32? {
-        let fd = socket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return errno }
-        defer { close(fd) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if address.protocol == .inet6 {
-            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
-        }
-        let result = address.withSockAddr { pointer, size in bind(fd, pointer, socklen_t(size)) }
-        return result == 0 ? 0 : errno
-    }
-
-    /// A sentence for why a listening socket could not be opened.
-    static func explain(_ error: any Error, port: Int) -> String {
-        guard let errno = (error as? IOError)?.errnoCode else { return "\(error)" }
-        return Self.explain(errno: errno, port: port)
-    }
-
-    static func explain(errno: Int32, port: Int) -> String {
-        switch errno {
-        case EADDRINUSE:
-            return "port \(port) is already in use (is another server running? stop it or pick another --port)"
-        case EACCES:
-            return "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
-        case EADDRNOTAVAIL:
-            return "this machine has no such address (check --host)"
-        case EAFNOSUPPORT:
-            return "this machine does not support that address family"
-        default:
-            return String(cString: strerror(errno))
-        }
     }
 
     /// Drains and stops: no new connections are accepted, messages already received are answered, idle

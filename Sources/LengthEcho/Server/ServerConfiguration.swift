@@ -1,3 +1,4 @@
+import LengthEchoCore
 import LengthEchoTLS
 import Logging
 import NIOCore
@@ -9,7 +10,9 @@ public struct ServerConfiguration: Sendable {
     public var hosts: [String] = ServerConfiguration.allAddresses
     /// The TCP port; 0 asks the system for a free one (see `LengthEchoServer.port`).
     public var port: Int = 4000
-    /// The largest message accepted, in bytes, without its NUL. The original read at most 1024 bytes.
+    /// What ends each message and each reply: NUL (the original protocol) or a newline.
+    public var framing: Framing = .nul
+    /// The largest message accepted, in bytes, without its terminator. The original read at most 1024 bytes.
     public var maximumMessageLength: Int = 1 << 20
     /// A connection that sends nothing for this long is closed; one stalled mid-message is told why first.
     public var idleTimeout: TimeAmount = .seconds(60)

@@ -1,10 +1,10 @@
-import LengthEchoTLS
+import LengthEchoCore
 import Logging
 import NIOCore
 
 /// One connection's side of the protocol: the tutorial's `read()` and `write()`, made real.
 ///
-/// Bytes are framed by NUL, not by `read()`, so messages may be split or joined any way TCP likes. Each
+/// Bytes are framed by the configured terminator (NUL, or newline), not by `read()`, so messages may be split or joined any way TCP likes. Each
 /// complete message is answered in order; the replies of one read burst go out in one write, flushed when
 /// the burst ends. The connection stays open for the next message until the client closes it, so clients
 /// may pipeline. Slow readers are handled by backpressure: while the socket cannot take more replies, the
@@ -30,6 +30,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     /// After an error reply, how long input is discarded so the client can read the error.
     private static let lingerTime: TimeAmount = .seconds(2)
 
+    private let framing: Framing
+    /// Who is on the other end, as the stages before this one established it.
+    private let peer: ConnectionPeer
     private var state = State.serving
     /// What has arrived and is not yet a whole message (nothing, between messages).
     private var framer: MessageFramer
@@ -50,12 +53,19 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     init(
         configuration: ServerConfiguration,
         loopState: ServerLoopState,
-        tracker: ConnectionTracker
+        tracker: ConnectionTracker,
+        peer: ConnectionPeer
     ) {
         self.loopState = loopState
         self.tracker = tracker
+        self.peer = peer
+        self.framing = configuration.framing
         self.empty = loopState.buffers.empty
-        self.framer = MessageFramer(maximumMessageLength: configuration.maximumMessageLength, empty: self.empty)
+        self.framer = MessageFramer(
+            framing: configuration.framing,
+            maximumMessageLength: configuration.maximumMessageLength,
+            empty: self.empty
+        )
         self.replies = self.empty
         self.idleTimeout = configuration.idleTimeout
         self.onMessage = configuration.onMessage
@@ -119,20 +129,20 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
         self.onMessage?(message)
         if message.readableBytes >= Self.zeroCopyThreshold {
-            // Large: write the head, then the message's own bytes (a slice of what was read), then the NUL
-            // with the next batch. No copy of the message.
+            // Large: write the head, then the message's own bytes (a slice of what was read), then the
+            // terminator with the next batch. No copy of the message.
             Reply.writeHeader(ofMessageLength: message.readableBytes, into: &self.replies)
             let head = self.replies
             self.replies = self.empty
             context.write(self.wrapOutboundOut(head), promise: nil)
             context.write(self.wrapOutboundOut(message), promise: nil)
-            self.replies.writeInteger(Reply.terminator)
+            self.replies.writeInteger(self.framing.terminator)
             return
         }
         if self.replies.capacity == 0 {
             self.replies = self.loopState.buffers.replies.take(capacity: Reply.encodedLength(ofMessageLength: message.readableBytes))
         }
-        Reply.write(echoOf: message, into: &self.replies)
+        Reply.write(echoOf: message, framing: self.framing, into: &self.replies)
         if self.replies.readableBytes >= Self.batchLimit {
             self.flushReplies(context: context)
         }
@@ -223,9 +233,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.framer.discard()
         self.logger.notice(
             "closing connection: \(reason)",
-            metadata: ["peer": "\(context.peerDescription)"]
+            metadata: self.logMetadata
         )
-        Reply.write(error: reason, into: &self.replies)
+        Reply.write(error: reason, framing: self.framing, into: &self.replies)
         let out = self.replies
         self.replies = self.empty
         context.write(self.wrapOutboundOut(out), promise: nil)
@@ -237,11 +247,12 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.logger.info(
-            "connection error: \(error)",
-            metadata: ["peer": "\(context.peerDescription)"]
-        )
+        self.logger.info("connection error: \(error)", metadata: self.logMetadata)
         context.close(promise: nil)
+    }
+
+    private var logMetadata: Logger.Metadata {
+        self.peer.metadata.mapValues { .string($0) }
     }
 
     // MARK: timeouts
@@ -281,17 +292,15 @@ final class BusyRejectHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private let limit: Int
+    private let refusal: ByteBuffer
 
-    init(limit: Int) {
-        self.limit = limit
+    init(refusal: ByteBuffer) {
+        self.refusal = refusal
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 96)
-        Reply.write(error: "server busy: \(self.limit) connections are open, the limit; try again later", into: &buffer)
         let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(self.wrapOutboundOut(buffer), promise: written)
+        context.writeAndFlush(self.wrapOutboundOut(self.refusal), promise: written)
         written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 

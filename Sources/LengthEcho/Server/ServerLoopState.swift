@@ -1,20 +1,29 @@
-import LengthEchoTLS
+import LengthEchoCore
 import NIOCore
 
-/// What the connections of one event loop share: scratch buffers, and one idle sweep instead of a timer per
-/// connection. (Cancelling one of NIO's scheduled tasks scans the loop's whole task queue, so a timer per
+/// What the connections of one event loop share: scratch buffers, the refusals written to a peer that
+/// cannot be served, and one idle sweep instead of a timer per connection. (Cancelling one of NIO's scheduled tasks scans the loop's whole task queue, so a timer per
 /// connection would make every close cost O(connections).)
 final class ServerLoopState {
     let buffers = LoopBuffers()
+    /// The answer to a plaintext client on a TLS port, in the protocol's own error form.
+    let plaintextRefusal: ByteBuffer
+    /// The answer to a connection over the connection cap.
+    let busyRefusal: ByteBuffer
     private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] = [:]
     private var sweep: Scheduled<Void>?
     private let loop: any EventLoop
     private let interval: TimeAmount
 
-    init(loop: any EventLoop, idleTimeout: TimeAmount) {
+    init(loop: any EventLoop, configuration: ServerConfiguration) {
         self.loop = loop
         // Idle connections are found within a quarter of the timeout (at most a second late).
-        self.interval = .nanoseconds(min(max(idleTimeout.nanoseconds / 4, 10_000_000), 1_000_000_000))
+        self.interval = .nanoseconds(min(max(configuration.idleTimeout.nanoseconds / 4, 10_000_000), 1_000_000_000))
+        self.plaintextRefusal = Reply.error("this port speaks TLS; connect with a TLS client", framing: configuration.framing)
+        self.busyRefusal = Reply.error(
+            "server busy: \(configuration.maximumConnections) connections are open, the limit; try again later",
+            framing: configuration.framing
+        )
     }
 
     func watch(_ handler: LengthEchoServerHandler, context: ChannelHandlerContext) {

@@ -1,3 +1,5 @@
+import LengthEchoCore
+import LengthEchoTestSupport
 import Foundation
 import LengthEcho
 import Logging
@@ -17,7 +19,6 @@ func startServer(_ configure: (inout ServerConfiguration) -> Void = { _ in }) as
     return try await LengthEchoServer.start(configuration: configuration)
 }
 
-func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 /// Runs blocking socket code off the cooperative pool.
 func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {

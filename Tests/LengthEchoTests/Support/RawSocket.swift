@@ -1,4 +1,6 @@
 #if canImport(Glibc)
+import LengthEchoCore
+import LengthEchoTestSupport
 import Glibc
 #endif
 import Foundation

@@ -1,6 +1,6 @@
 import NIOCore
 
-// Small pieces of NIO plumbing that the TLS layer and the protocol handlers both need, written once.
+// Small pieces of NIO plumbing that the TLS layer, the server and the client all need, written once.
 
 package extension TimeAmount {
     /// The amount in seconds.
@@ -18,11 +18,6 @@ package func formatSeconds(_ seconds: Double) -> String {
 }
 
 package extension ChannelHandlerContext {
-    /// The peer's address for a log line.
-    var peerDescription: String {
-        self.channel.remoteAddress.map { "\($0)" } ?? "?"
-    }
-
     /// Closes so that what was written last (an error, an alert) reaches a peer that may still be sending:
     /// once the writes so far are on the wire the write side is shut, input goes on being read (and
     /// discarded by the caller) until the peer closes or `linger` passes, then the connection closes.

@@ -1,3 +1,5 @@
+import LengthEchoCore
+import LengthEchoTestSupport
 import LengthEchoTLS
 import NIOCore
 import NIOEmbedded

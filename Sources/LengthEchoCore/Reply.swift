@@ -1,13 +1,12 @@
 import NIOCore
 
-/// The server's side of the wire format: `<length> : <message>\0`, where `<length>` is the message's size
-/// in bytes in ASCII decimal (C's `strlen`), or `error: <reason>\0` when the server refuses a message.
-/// An error never starts with a digit, so a client can always tell it from a reply.
+/// The server's side of the wire format: `<length> : <message>` and the framing's terminator (NUL, or a
+/// newline), where `<length>` is the message's size in bytes in ASCII decimal (C's `strlen`), or
+/// `error: <reason>` when the server refuses a message. An error never starts with a digit, so a client can
+/// always tell it from a reply.
 public enum Reply {
     /// The separator between the length and the echoed message.
     public static let separator: StaticString = " : "
-    /// Every reply, and every message, ends with this byte.
-    public static let terminator: UInt8 = 0
     /// Every error reply starts with this.
     public static let errorPrefix: StaticString = "error: "
 
@@ -17,17 +16,17 @@ public enum Reply {
         decimalDigits(length) + 3 + length + 1
     }
 
-    /// Appends the reply to `message` to `buffer`: `<length> : <message>\0`. One reservation, no
-    /// intermediate strings.
+    /// Appends the reply to `message` to `buffer`: `<length> : <message>` and the terminator. One
+    /// reservation, no intermediate strings.
     @inlinable
-    public static func write(echoOf message: ByteBuffer, into buffer: inout ByteBuffer) {
+    public static func write(echoOf message: ByteBuffer, framing: Framing, into buffer: inout ByteBuffer) {
         let length = message.readableBytes
         buffer.reserveCapacity(minimumWritableBytes: encodedLength(ofMessageLength: length))
         writeDecimal(length, into: &buffer)
         buffer.writeStaticString(separator)
         var message = message
         buffer.writeBuffer(&message)
-        buffer.writeInteger(terminator)
+        buffer.writeInteger(framing.terminator)
     }
 
     /// Appends only the head of a reply, `<length> : `: the message and the terminator follow separately
@@ -38,14 +37,22 @@ public enum Reply {
         buffer.writeStaticString(separator)
     }
 
-    /// Appends an error reply: `error: <reason>\0`. Control bytes and NULs in `reason` are replaced so
-    /// the reply stays one line and one frame.
-    public static func write(error reason: String, into buffer: inout ByteBuffer) {
+    /// Appends an error reply: `error: <reason>` and the terminator. Control bytes (NUL and newline among
+    /// them) in `reason` are replaced so the reply stays one line and one frame in either framing.
+    public static func write(error reason: String, framing: Framing, into buffer: inout ByteBuffer) {
         buffer.writeStaticString(errorPrefix)
         for byte in reason.utf8 {
             buffer.writeInteger(byte < 0x20 || byte == 0x7F ? UInt8(ascii: " ") : byte)
         }
-        buffer.writeInteger(terminator)
+        buffer.writeInteger(framing.terminator)
+    }
+
+    /// An error reply on its own, as a buffer: for a refusal written before any connection state exists.
+    public static func error(_ reason: String, framing: Framing) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(reason.utf8.count + 8)
+        Self.write(error: reason, framing: framing, into: &buffer)
+        return buffer
     }
 
     @inlinable
@@ -74,14 +81,14 @@ public enum Reply {
     }
 }
 
-/// A reply as the client sees it, parsed from the bytes before the NUL.
+/// A reply as the client sees it, parsed from the bytes before its terminator.
 public enum ParsedReply: Equatable, Sendable {
     /// `<length> : <message>`, with the length checked against the message.
     case echo(length: Int, message: [UInt8])
     /// `error: <reason>` from the server.
     case error(String)
 
-    /// Parses the bytes of one reply, without its NUL.
+    /// Parses the bytes of one reply, without its terminator.
     ///
     /// - Throws: `LengthEchoError.invalidReply` when the bytes are neither form, or the stated length is
     ///   not the length of the message that follows it.
@@ -117,7 +124,7 @@ public enum ParsedReply: Equatable, Sendable {
     }
 
     /// A short, printable rendering of bad reply bytes for an error message.
-    static func describe(_ bytes: [UInt8]) -> String {
+    package static func describe(_ bytes: [UInt8]) -> String {
         let shown = bytes.prefix(60)
         let text = Escaping.printable(Array(shown))
         return bytes.count > shown.count ? text + "..." : text

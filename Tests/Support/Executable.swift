@@ -11,7 +11,7 @@ import Glibc
 /// It is spawned with `posix_spawn` and pipes made close-on-exec, so no other child inherits them and their
 /// end-of-file is reliable; plain threads read the pipes and reap the child. (Foundation's `Process` and
 /// `FileHandle` were flaky here under parallel tests: inherited pipes, EINTR traps, dispatch crashes.)
-final class Executable: Sendable {
+public final class Executable: Sendable {
     private struct State {
         var stdout: [UInt8] = []
         var stderr: [UInt8] = []
@@ -19,7 +19,7 @@ final class Executable: Sendable {
         var exitStatus: Int32?
     }
 
-    let pid: pid_t
+    public let pid: pid_t
     private let state = Mutex(State())
     private let condition = NSCondition()
     private let stdinFD: Mutex<Int32>
@@ -28,7 +28,7 @@ final class Executable: Sendable {
     private let notify: AsyncStream<Void>.Continuation
 
     /// The folder the test bundle was built into, which also holds the package's executables.
-    static let productsDirectory: String = {
+    public static let productsDirectory: String = {
         var url = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         while !FileManager.default.fileExists(atPath: url.appendingPathComponent("server").path), url.path != "/" {
             url.deleteLastPathComponent()
@@ -36,11 +36,11 @@ final class Executable: Sendable {
         return url.path
     }()
 
-    struct SpawnFailed: Error, CustomStringConvertible {
-        let description: String
+    public struct SpawnFailed: Error, CustomStringConvertible {
+        public let description: String
     }
 
-    init(_ name: String, _ arguments: [String], stdin: Data? = nil, keepStdinOpen: Bool = false) throws {
+    public init(_ name: String, _ arguments: [String], stdin: Data? = nil, keepStdinOpen: Bool = false) throws {
         let path = name.hasPrefix("/") ? name : Self.productsDirectory + "/" + name
         let (changes, notify) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         self.changes = changes
@@ -124,13 +124,13 @@ final class Executable: Sendable {
         self.notify.yield()
     }
 
-    var stdout: String { String(decoding: self.state.withLock { $0.stdout }, as: UTF8.self) }
-    var stderr: String { String(decoding: self.state.withLock { $0.stderr }, as: UTF8.self) }
-    var isRunning: Bool { self.state.withLock { $0.exitStatus == nil } }
+    public var stdout: String { String(decoding: self.state.withLock { $0.stdout }, as: UTF8.self) }
+    public var stderr: String { String(decoding: self.state.withLock { $0.stderr }, as: UTF8.self) }
+    public var isRunning: Bool { self.state.withLock { $0.exitStatus == nil } }
     private var finished: Bool { self.state.withLock { $0.exitStatus != nil && $0.streamsEnded == 2 } }
 
     /// Waits until `condition` holds, woken by output or exit, never by polling on a timer.
-    func wait(until condition: @Sendable (Executable) -> Bool) async {
+    public func wait(until condition: @Sendable (Executable) -> Bool) async {
         if condition(self) { return }
         for await _ in self.changes {
             if condition(self) { return }
@@ -138,27 +138,27 @@ final class Executable: Sendable {
     }
 
     /// Waits for the process to exit and its output to end; returns its exit status (128+N for signal N).
-    func exitStatus() async -> Int32 {
+    public func exitStatus() async -> Int32 {
         await self.wait { $0.finished }
         return self.state.withLock { $0.exitStatus ?? -1 }
     }
 
     /// The same, blocking the calling thread.
-    func exitStatusBlocking() -> Int32 {
+    public func exitStatusBlocking() -> Int32 {
         self.condition.lock()
         while !self.finished { self.condition.wait() }
         self.condition.unlock()
         return self.state.withLock { $0.exitStatus ?? -1 }
     }
 
-    func closeStdin() {
+    public func closeStdin() {
         self.stdinFD.withLock { fd in
             if fd >= 0 { close(fd) }
             fd = -1
         }
     }
 
-    func terminate(signal: Int32 = SIGTERM) {
+    public func terminate(signal: Int32 = SIGTERM) {
         if self.isRunning { kill(self.pid, signal) }
     }
 
@@ -169,7 +169,7 @@ final class Executable: Sendable {
 }
 
 /// Runs a command to completion and returns its exit status and its stdout and stderr together.
-func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+public func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
     let process = try Executable(executable, arguments)
     let status = process.exitStatusBlocking()
     return (status, process.stdout + process.stderr)

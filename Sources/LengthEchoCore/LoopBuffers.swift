@@ -34,6 +34,7 @@ public final class ScratchBuffer {
 }
 
 /// The scratch buffers of one event loop: TLS plaintext in, TLS ciphertext out, and protocol replies.
+/// Kept here, below both the TLS layer and the protocol, so that neither has to know about the other.
 public final class LoopBuffers {
     public let plaintext: ScratchBuffer
     public let ciphertext: ScratchBuffer

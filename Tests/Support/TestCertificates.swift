@@ -3,23 +3,23 @@ import LengthEchoTLS
 
 /// Certificates made by `scripts/gen-certs.sh`, as a user would make them, into temporary folders:
 /// once per test run, shared by every TLS test.
-struct TestCertificates: Sendable {
-    let directory: String
-    var ca: String { self.directory + "/ca.pem" }
-    var serverCertificate: String { self.directory + "/server.pem" }
-    var serverKey: String { self.directory + "/server.key" }
-    var clientCertificate: String { self.directory + "/client.pem" }
-    var clientKey: String { self.directory + "/client.key" }
+public struct TestCertificates: Sendable {
+    public let directory: String
+    public var ca: String { self.directory + "/ca.pem" }
+    public var serverCertificate: String { self.directory + "/server.pem" }
+    public var serverKey: String { self.directory + "/server.key" }
+    public var clientCertificate: String { self.directory + "/client.pem" }
+    public var clientKey: String { self.directory + "/client.key" }
 
     /// The usual set (ECDSA P-256), another CA's set, an RSA set, and a set whose server certificate expired.
-    static let main = Task { try generate("main") }
-    static let other = Task { try generate("other") }
-    static let rsa = Task { try generate("rsa", ["--rsa"]) }
-    static let expired = Task { try generate("expired", ["--expired"]) }
+    public static let main = Task { try generate("main") }
+    public static let other = Task { try generate("other") }
+    public static let rsa = Task { try generate("rsa", ["--rsa"]) }
+    public static let expired = Task { try generate("expired", ["--expired"]) }
 
-    static let packageRoot: String = {
+    public static let packageRoot: String = {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent().path
+            .deletingLastPathComponent().path
     }()
 
     private static let root: String = {
@@ -28,11 +28,11 @@ struct TestCertificates: Sendable {
         return path
     }()
 
-    struct GenerationFailed: Error, CustomStringConvertible {
-        let description: String
+    public struct GenerationFailed: Error, CustomStringConvertible {
+        public let description: String
     }
 
-    static func generate(_ name: String, _ flags: [String] = []) throws -> TestCertificates {
+    public static func generate(_ name: String, _ flags: [String] = []) throws -> TestCertificates {
         let directory = Self.root + "/" + name
         let result = try run("/bin/bash", [Self.packageRoot + "/scripts/gen-certs.sh", "--out", directory, "--force"] + flags)
         guard result.status == 0 else {
@@ -41,7 +41,7 @@ struct TestCertificates: Sendable {
         return TestCertificates(directory: directory)
     }
 
-    func serverContext(
+    public func serverContext(
         clientAuthentication: ClientAuthentication = .none,
         minimumVersion: TLSVersion = .tls12
     ) throws -> TLSContext {
@@ -54,7 +54,7 @@ struct TestCertificates: Sendable {
         )
     }
 
-    func clientContext(withCertificate: Bool = false, maximumVersion: TLSVersion = .tls13) throws -> TLSContext {
+    public func clientContext(withCertificate: Bool = false, maximumVersion: TLSVersion = .tls13) throws -> TLSContext {
         try TLSContext.client(
             trustRoots: .file(self.ca),
             certificateChain: withCertificate ? self.clientCertificate : nil,
@@ -64,3 +64,6 @@ struct TestCertificates: Sendable {
     }
 }
 
+
+/// The bytes of a string, for expectations.
+public func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }

@@ -1,0 +1,42 @@
+import NIOCore
+
+/// Who is on the other end of one connection, as every later stage and log line should name it.
+///
+/// It starts as the socket's remote address. A stage that learns better replaces it: the PROXY protocol
+/// stage, behind a balancer, sets `address` to the client the header names and keeps the balancer's own
+/// address in `via`. Anything that logs, limits or authorizes by address reads it from here, never from
+/// `channel.remoteAddress`. Owned by the connection's pipeline and used on its event loop only.
+public final class ConnectionPeer {
+    /// The client: the socket's peer, or what a trusted stage in front of it said.
+    public var address: SocketAddress?
+    /// The proxy or balancer the connection came through, when a stage says there was one.
+    public var via: SocketAddress?
+
+    public init(address: SocketAddress?, via: SocketAddress? = nil) {
+        self.address = address
+        self.via = via
+    }
+
+    /// `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6), or `?` when it is unknown.
+    public var description: String { Self.format(self.address) }
+
+    /// Metadata for a log line: `peer`, and `via` when there is one.
+    public var metadata: [String: String] {
+        var metadata = ["peer": self.description]
+        if let via = self.via { metadata["via"] = Self.format(via) }
+        return metadata
+    }
+
+    /// `ADDRESS:PORT`, with IPv6 addresses in brackets; a Unix socket by its path.
+    public static func format(_ address: SocketAddress?) -> String {
+        guard let address else { return "?" }
+        switch address {
+        case .v4:
+            return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+        case .v6:
+            return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
+        case .unixDomainSocket:
+            return address.pathname ?? "unix"
+        }
+    }
+}
