@@ -101,6 +101,7 @@ let package = Package(
         .testTarget(
             name: "LengthEchoTLSTests",
             dependencies: [
+                "COpenSSL",
                 "LengthEchoCore",
                 "LengthEchoTLS",
                 "LengthEchoTestSupport",

@@ -23,22 +23,70 @@ struct TLSHandlerTests {
         }
     }
 
+    /// Below the TLS handler: does what a TCP socket does with `close(mode: .output)` (shut the write side,
+    /// keep reading), which an EmbeddedChannel cannot do on its own (it closes altogether).
+    final class HalfClose: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var outputClosed = false
+        func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+            if mode == .output {
+                self.outputClosed = true
+                promise?.succeed()
+            } else {
+                context.close(mode: mode, promise: promise)
+            }
+        }
+    }
+
     struct Pair {
         let client = EmbeddedChannel()
         let server = EmbeddedChannel()
         let clientRecorder = Recorder()
         let serverRecorder = Recorder()
+        let clientHalfClose = HalfClose()
+        let serverHalfClose = HalfClose()
 
-        init(_ certificates: TestCertificates) throws {
+        init(
+            _ certificates: TestCertificates,
+            handshakeTimeout: TimeAmount = .seconds(10),
+            shutdownTimeout: TimeAmount = .seconds(3),
+            clientHandshake: EventLoopPromise<TLSConnectionInfo>? = nil
+        ) throws {
             try self.server.pipeline.syncOperations.addHandlers([
-                TLSHandler(context: try certificates.serverContext()), self.serverRecorder,
+                self.serverHalfClose,
+                TLSHandler(
+                    context: try certificates.serverContext(),
+                    handshakeTimeout: handshakeTimeout,
+                    shutdownTimeout: shutdownTimeout,
+                    plaintextRefusal: ByteBuffer(string: "error: TLS only\0")
+                ),
+                self.serverRecorder,
             ])
             try self.client.pipeline.syncOperations.addHandlers([
-                TLSHandler(context: try certificates.clientContext(), expectedHost: "localhost"), self.clientRecorder,
+                self.clientHalfClose,
+                TLSHandler(
+                    context: try certificates.clientContext(),
+                    expectedHost: "localhost",
+                    handshakeTimeout: handshakeTimeout,
+                    shutdownTimeout: shutdownTimeout,
+                    handshakeCompleted: clientHandshake
+                ),
+                self.clientRecorder,
             ])
             let address = try SocketAddress(ipAddress: "127.0.0.1", port: 1)
             try self.server.connect(to: address).wait()
             try self.client.connect(to: address).wait()
+        }
+
+        /// Everything `channel` has written so far, as one array, and how many writes it took.
+        func drain(_ channel: EmbeddedChannel) throws -> (bytes: [UInt8], writes: Int) {
+            var bytes: [UInt8] = []
+            var writes = 0
+            while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
+                bytes += Array(buffer.readableBytesView)
+                writes += 1
+            }
+            return (bytes, writes)
         }
 
         /// Moves bytes each way until neither side has anything to send; returns how many bytes moved.
@@ -113,5 +161,142 @@ struct TLSHandlerTests {
         #expect(sent.first == 0x15, "expected a TLS alert record")
         #expect(pair.serverRecorder.handshakes.isEmpty)
         #expect(pair.serverRecorder.received.isEmpty)
+    }
+
+    // MARK: NIO's write/flush contract
+
+    @Test("a write that was never flushed never leaves, not even when a read makes the handler send")
+    func unflushedStaysPut() async throws {
+        let pair = try Pair(try await TestCertificates.main.value)
+        try pair.shuttle()
+        pair.client.write(ByteBuffer(string: "unflushed\0"), promise: nil)
+        #expect(try pair.drain(pair.client).writes == 0)
+        // A read on the client (the server's reply) makes the handler consider sending; the write stays put.
+        pair.server.writeAndFlush(ByteBuffer(string: "hi\0"), promise: nil)
+        for bytes in try [pair.server.readOutbound(as: ByteBuffer.self)].compactMap({ $0 }) {
+            try pair.client.writeInbound(bytes)
+        }
+        #expect(pair.clientRecorder.received == bytes("hi\0"))
+        let afterRead = try pair.drain(pair.client)
+        try pair.server.writeInbound(ByteBuffer(bytes: afterRead.bytes))
+        #expect(pair.serverRecorder.received.isEmpty, "an unflushed write reached the peer")
+        // The flush sends it, in one write.
+        pair.client.flush()
+        let flushed = try pair.drain(pair.client)
+        #expect(flushed.writes == 1)
+        try pair.server.writeInbound(ByteBuffer(bytes: flushed.bytes))
+        #expect(pair.serverRecorder.received == bytes("unflushed\0"))
+    }
+
+    @Test("during the handshake a flush is remembered: flushed writes go when it completes, unflushed ones wait")
+    func flushDuringHandshake() async throws {
+        let pair = try Pair(try await TestCertificates.main.value)
+        let flushedWrite = pair.client.eventLoop.makePromise(of: Void.self)
+        pair.client.write(ByteBuffer(string: "flushed\0"), promise: flushedWrite)
+        pair.client.flush()
+        let laterWrite = pair.client.eventLoop.makePromise(of: Void.self)
+        pair.client.write(ByteBuffer(string: "later\0"), promise: laterWrite)
+        try pair.shuttle()
+        #expect(pair.serverRecorder.handshakes.count == 1)
+        #expect(pair.serverRecorder.received == bytes("flushed\0"))
+        try flushedWrite.futureResult.wait()
+        pair.client.flush()
+        try pair.shuttle()
+        #expect(pair.serverRecorder.received == bytes("flushed\0later\0"))
+        try laterWrite.futureResult.wait()
+    }
+
+    @Test("an empty write's promise completes in order with the ciphertext writes around it")
+    func emptyWriteKeepsOrder() async throws {
+        let pair = try Pair(try await TestCertificates.main.value)
+        try pair.shuttle()
+        var order: [String] = []
+        let data = pair.client.eventLoop.makePromise(of: Void.self)
+        let empty = pair.client.eventLoop.makePromise(of: Void.self)
+        data.futureResult.whenSuccess { order.append("data") }
+        empty.futureResult.whenSuccess { order.append("empty") }
+        pair.client.writeAndFlush(ByteBuffer(string: "x\0"), promise: data)
+        pair.client.writeAndFlush(ByteBuffer(), promise: empty)
+        try pair.shuttle()
+        try empty.futureResult.wait()
+        #expect(order == ["data", "empty"])
+    }
+
+    // MARK: timers, on virtual time
+
+    @Test("a peer that never finishes the handshake is dropped when the handshake timeout passes")
+    func handshakeTimeout() async throws {
+        let handshake = EmbeddedEventLoop().makePromise(of: TLSConnectionInfo.self)
+        let pair = try Pair(try await TestCertificates.main.value, handshakeTimeout: .seconds(5), clientHandshake: handshake)
+        _ = try pair.drain(pair.client)  // the ClientHello, never delivered
+        pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(4_900))
+        #expect(pair.server.isActive)
+        pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(200))
+        #expect(!pair.server.isActive)
+        pair.client.embeddedEventLoop.advanceTime(by: .seconds(5))
+        #expect(!pair.client.isActive)
+        _ = handshake
+    }
+
+    @Test("closing waits for the peer's close_notify, bounded by the shutdown timeout")
+    func closeNotifyWait() async throws {
+        let pair = try Pair(try await TestCertificates.main.value, shutdownTimeout: .seconds(3))
+        try pair.shuttle()
+        let closed = pair.client.eventLoop.makePromise(of: Void.self)
+        pair.client.close(promise: closed)
+        let sent = try pair.drain(pair.client)
+        #expect(sent.bytes.first == 0x17 || sent.bytes.first == 0x15, "close_notify is sent at once")
+        pair.client.embeddedEventLoop.advanceTime(by: .milliseconds(2_900))
+        #expect(pair.client.isActive, "the peer still has time to answer")
+        #expect(pair.clientHalfClose.outputClosed, "the peer sees our EOF while we wait")
+        pair.client.embeddedEventLoop.advanceTime(by: .milliseconds(200))
+        #expect(!pair.client.isActive)
+        try closed.futureResult.wait()
+    }
+
+    @Test("closing when the peer has already sent close_notify closes at once")
+    func closeAfterPeerCloseNotify() async throws {
+        let pair = try Pair(try await TestCertificates.main.value)
+        try pair.shuttle()
+        pair.client.close(mode: .output, promise: nil)
+        try pair.shuttle()
+        #expect(pair.serverRecorder.inputClosed)
+        pair.server.close(promise: nil)
+        #expect(!pair.server.isActive, "no wait: the peer's close_notify is already here")
+    }
+
+    @Test("output closed: writes fail, reads go on, and the peer sees the end of our data")
+    func outputClosed() async throws {
+        let pair = try Pair(try await TestCertificates.main.value)
+        try pair.shuttle()
+        pair.client.writeAndFlush(ByteBuffer(string: "last\0"), promise: nil)
+        pair.client.close(mode: .output, promise: nil)
+        try pair.shuttle()
+        #expect(pair.serverRecorder.received == bytes("last\0"))
+        #expect(pair.serverRecorder.inputClosed)
+        #expect(pair.clientHalfClose.outputClosed)
+        let refused = pair.client.eventLoop.makePromise(of: Void.self)
+        pair.client.writeAndFlush(ByteBuffer(string: "more\0"), promise: refused)
+        #expect(throws: ChannelError.outputClosed) { try refused.futureResult.wait() }
+        pair.server.writeAndFlush(ByteBuffer(string: "4 : last\0"), promise: nil)
+        try pair.shuttle()
+        #expect(pair.clientRecorder.received == bytes("4 : last\0"))
+        #expect(pair.client.isActive)
+    }
+
+    @Test("a plaintext client gets the refusal it was given, then the connection lingers and closes")
+    func plaintextRefusalLingers() async throws {
+        let pair = try Pair(try await TestCertificates.main.value)
+        try pair.server.writeInbound(ByteBuffer(string: "hello\0"))
+        #expect(try pair.drain(pair.server).bytes == bytes("error: TLS only\0"))
+        #expect(pair.server.isActive)
+        #expect(pair.serverHalfClose.outputClosed)
+        // More input is discarded while it lingers.
+        try pair.server.writeInbound(ByteBuffer(string: "still talking\0"))
+        #expect(pair.serverRecorder.received.isEmpty)
+        pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(1_900))
+        #expect(pair.server.isActive)
+        pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(200))
+        #expect(!pair.server.isActive)
     }
 }
