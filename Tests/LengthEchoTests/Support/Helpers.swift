@@ -28,3 +28,12 @@ func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thr
         }.start()
     }
 }
+
+/// Whether this machine can bind the IPv6 loopback address (containers sometimes cannot).
+func ipv6LoopbackAvailable() -> Bool {
+    guard let address = try? SocketAddress(ipAddress: "::1", port: 0) else { return false }
+    let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return address.withSockAddr { pointer, size in bind(fd, pointer, socklen_t(size)) } == 0
+}

@@ -92,7 +92,7 @@ final class RawSocket: @unchecked Sendable {
     }
 
     /// Reads until a NUL (returned without it), as the C client does; nil if the stream ends first.
-    func readReply() throws -> [UInt8]? {
+    func readReply(until terminator: UInt8 = 0) throws -> [UInt8]? {
         var reply: [UInt8] = []
         var byte: UInt8 = 0
         while true {
@@ -102,13 +102,14 @@ final class RawSocket: @unchecked Sendable {
                 throw Failure(description: "read: \(String(cString: strerror(errno)))")
             }
             if n == 0 { return nil }
-            if byte == 0 { return reply }
+            if byte == terminator { return reply }
             reply.append(byte)
         }
     }
 
-    func readReplyText() throws -> String? {
-        try self.readReply().map { String(decoding: $0, as: UTF8.self) }
+    /// A reply as text, read up to `terminator` (a NUL unless told otherwise).
+    func readReplyText(until terminator: UInt8 = 0) throws -> String? {
+        try self.readReply(until: terminator).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// Reads everything until the server closes.
