@@ -1,3 +1,5 @@
+import NIOCore
+
 /// How messages and replies are delimited on the wire.
 ///
 /// `nul` is the original protocol: every message and every reply ends with one NUL byte, byte-compatible
@@ -42,5 +44,3 @@ public enum Framing: String, Sendable, CaseIterable {
         return nil
     }
 }
-
-import NIOCore

@@ -45,7 +45,8 @@ public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible
         case .messageTooLarge(let limit):
             return "message exceeds the \(limit)-byte limit"
         case .messageContainsTerminator(let framing):
-            return "a message cannot contain a \(framing.terminatorName): in \(framing.rawValue) framing it ends each message"
+            return
+                "a message cannot contain a \(framing.terminatorName): in \(framing.rawValue) framing it ends each message"
         case .messageEndsWithCarriageReturn:
             return "in line framing a message cannot end with \\r: the server takes \\r\\n as the line's end"
         case .invalidReply(let bytes, let reason):
@@ -63,7 +64,8 @@ public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible
             return "could not connect to \(Self.format(host: host, port: port)) within \(formatSeconds(seconds)) s: "
                 + "is the host reachable?"
         case .connectionRefused(let host, let port):
-            return "connection refused by \(Self.format(host: host, port: port)): no server is running on port \(port) there"
+            return
+                "connection refused by \(Self.format(host: host, port: port)): no server is running on port \(port) there"
         case .hostNotFound(let host):
             return "host not found: \(host)"
         case .connectFailed(let host, let port, let reason):

@@ -1,3 +1,5 @@
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -5,7 +7,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import NIOCore
 
 /// Splits a byte stream into length-echo messages, each ended by its framing's terminator (one NUL byte, or
 /// a newline with an optional `\r` before it).
@@ -72,7 +73,9 @@ public struct MessageFramer: Sendable {
             return base.distance(to: UnsafeRawPointer(hit))
         }
         guard let offset = terminatorOffset else {
-            if readable > limit && !(self.framing.stripsCarriageReturn && readable == limit + 1 && self.endsWithCarriageReturn) {
+            if readable > limit
+                && !(self.framing.stripsCarriageReturn && readable == limit + 1 && self.endsWithCarriageReturn)
+            {
                 throw .messageTooLarge(limit: limit)
             }
             self.searched = readable

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 internal import COpenSSL
 import LengthEchoCore
 import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a finished handshake agreed on.
 public struct TLSConnectionInfo: Sendable, Equatable {
@@ -42,7 +43,10 @@ final class TLSConnection {
     init(context: TLSContext, expectedHost: String?, session: TLSSession? = nil) throws(TLSError) {
         OpenSSLErrors.clear()
         guard let ssl = context.makeSSL() else {
-            throw TLSError(.protocolError, "cannot create a TLS connection: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
+            throw TLSError(
+                .protocolError,
+                "cannot create a TLS connection: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))"
+            )
         }
         guard let bio = self.io.makeBIO() else {
             SSL_free(ssl)
@@ -83,7 +87,10 @@ final class TLSConnection {
             return
         }
         guard shim_SSL_set_tlsext_host_name(ssl, host) == 1 else {
-            throw TLSError(.configuration, "cannot send \(host) as the server name (SNI): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "refused"))")
+            throw TLSError(
+                .configuration,
+                "cannot send \(host) as the server name (SNI): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "refused"))"
+            )
         }
         if verify {
             SSL_set_hostflags(ssl, UInt32(X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS))
@@ -203,12 +210,15 @@ final class TLSConnection {
 
     var info: TLSConnectionInfo {
         let version = String(cString: SSL_get_version(self.ssl))
-        let cipher = SSL_get_current_cipher(self.ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "?"
+        let cipher =
+            SSL_get_current_cipher(self.ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "?"
         var subject: String?
         var notAfter: String?
         if let peer = SSL_get1_peer_certificate(self.ssl) {
             defer { X509_free(peer) }
-            subject = Self.render { bio in _ = X509_NAME_print_ex(bio, X509_get_subject_name(peer), 0, shim_XN_FLAG_ONELINE()) }
+            subject = Self.render { bio in
+                _ = X509_NAME_print_ex(bio, X509_get_subject_name(peer), 0, shim_XN_FLAG_ONELINE())
+            }
             notAfter = Self.render { bio in _ = ASN1_TIME_print(bio, X509_get0_notAfter(peer)) }
         }
         return TLSConnectionInfo(
@@ -232,11 +242,16 @@ final class TLSConnection {
         defer { GENERAL_NAMES_free(names) }
         var result: [String] = []
         for index in 0..<OPENSSL_sk_num(names) {
-            guard let entry = OPENSSL_sk_value(names, index)?.assumingMemoryBound(to: GENERAL_NAME.self) else { continue }
+            guard let entry = OPENSSL_sk_value(names, index)?.assumingMemoryBound(to: GENERAL_NAME.self) else {
+                continue
+            }
             switch entry.pointee.type {
             case GEN_DNS:
                 if let text = entry.pointee.d.dNSName, let data = ASN1_STRING_get0_data(text) {
-                    result.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(text))), as: UTF8.self))
+                    result.append(
+                        String(
+                            decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(text))),
+                            as: UTF8.self))
                 }
             case GEN_IPADD:
                 if let octets = entry.pointee.d.iPAddress, let data = ASN1_STRING_get0_data(octets) {
@@ -281,7 +296,8 @@ final class TLSConnection {
                 X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
                 X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
                 cause = .untrustedPeerCertificate
-                hint = "unknown CA: \(whose) is not signed by a CA \(isClient ? "this client trusts" : "of the client CA file")"
+                hint =
+                    "unknown CA: \(whose) is not signed by a CA \(isClient ? "this client trusts" : "of the client CA file")"
             case X509_V_ERR_CERT_HAS_EXPIRED:
                 hint = "\(whose) has expired"
             case X509_V_ERR_CERT_NOT_YET_VALID:
@@ -294,7 +310,8 @@ final class TLSConnection {
             default:
                 hint = "\(whose) did not verify"
             }
-            return TLSError(.verification(code: Int32(verify)), "TLS handshake failed: \(hint) (\(reason))", cause: cause)
+            return TLSError(
+                .verification(code: Int32(verify)), "TLS handshake failed: \(hint) (\(reason))", cause: cause)
         }
         let (text, cause) = self.explain(entries)
         return TLSError(.handshake, "TLS handshake failed: " + text, cause: cause)
@@ -330,7 +347,9 @@ final class TLSConnection {
                 .ourCertificateRefused
             )
         }
-        if entries.contains(anyOf: SSL_R_TLSV1_ALERT_PROTOCOL_VERSION, SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_NO_PROTOCOLS_AVAILABLE) {
+        if entries.contains(
+            anyOf: SSL_R_TLSV1_ALERT_PROTOCOL_VERSION, SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_NO_PROTOCOLS_AVAILABLE)
+        {
             return ("no TLS version in common with the peer (\(text))", .noSharedVersion)
         }
         if entries.contains(anyOf: SSL_R_NO_SHARED_CIPHER, SSL_R_NO_CIPHERS_AVAILABLE) {
@@ -338,7 +357,9 @@ final class TLSConnection {
         }
         if entries.contains(anyOf: SSL_R_WRONG_VERSION_NUMBER, SSL_R_PACKET_LENGTH_TOO_LONG, SSL_R_HTTP_REQUEST) {
             return (
-                isClient ? "the server did not speak TLS: is it a plaintext server? (\(text))" : "the client did not speak TLS (\(text))",
+                isClient
+                    ? "the server did not speak TLS: is it a plaintext server? (\(text))"
+                    : "the client did not speak TLS (\(text))",
                 .peerNotTLS
             )
         }
@@ -357,7 +378,10 @@ public final class TLSSession: @unchecked Sendable {
     /// Offers the session for resumption on `ssl` (the `SSL` takes its own reference).
     fileprivate func apply(to ssl: OpaquePointer) throws(TLSError) {
         guard SSL_set_session(ssl, self.pointer) == 1 else {
-            throw TLSError(.configuration, "cannot offer the saved TLS session: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "refused"))")
+            throw TLSError(
+                .configuration,
+                "cannot offer the saved TLS session: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "refused"))"
+            )
         }
     }
 

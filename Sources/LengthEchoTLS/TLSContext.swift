@@ -1,7 +1,8 @@
+internal import COpenSSL
+
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import COpenSSL
 
 /// The oldest TLS version a context accepts.
 public enum TLSVersion: String, Sendable, CaseIterable {
@@ -82,9 +83,13 @@ public final class TLSContext: @unchecked Sendable {
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
-            throw TLSError(.configuration, "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
+            throw TLSError(
+                .configuration,
+                "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))"
+            )
         }
-        let context = TLSContext(pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true)
+        let context = TLSContext(
+            pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
         // One TLS 1.3 ticket per handshake instead of OpenSSL's two: a client resumes with one, and each
         // ticket costs the server an encryption (about 3% of a full handshake here).
@@ -108,14 +113,21 @@ public final class TLSContext: @unchecked Sendable {
             try Self.checkReadable(clientCA, what: "client CA file")
             OpenSSLErrors.clear()
             guard SSL_CTX_load_verify_locations(ctx, clientCA, nil) == 1 else {
-                throw TLSError(.configuration, "cannot use client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))")
+                throw TLSError(
+                    .configuration,
+                    "cannot use client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))"
+                )
             }
             // The CA names sent in the certificate request, so a client can pick the right certificate.
             guard let names = SSL_load_client_CA_file(clientCA) else {
-                throw TLSError(.configuration, "cannot read the CA names in client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))")
+                throw TLSError(
+                    .configuration,
+                    "cannot read the CA names in client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))"
+                )
             }
             SSL_CTX_set_client_CA_list(ctx, names)
-            let mode = clientAuthentication == .required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
+            let mode =
+                clientAuthentication == .required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
             SSL_CTX_set_verify(ctx, mode, nil)
         }
         return context
@@ -133,9 +145,13 @@ public final class TLSContext: @unchecked Sendable {
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
-            throw TLSError(.configuration, "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))")
+            throw TLSError(
+                .configuration,
+                "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))"
+            )
         }
-        let context = TLSContext(pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
+        let context = TLSContext(
+            pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
         _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_CLIENT())  // returns the old mode
         switch trustRoots {
@@ -145,7 +161,10 @@ public final class TLSContext: @unchecked Sendable {
             try Self.checkReadable(path, what: "CA file")
             OpenSSLErrors.clear()
             guard SSL_CTX_load_verify_locations(ctx, path, nil) == 1 else {
-                throw TLSError(.configuration, "cannot use CA file \(path): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))")
+                throw TLSError(
+                    .configuration,
+                    "cannot use CA file \(path): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))"
+                )
             }
         }
         SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
@@ -163,7 +182,9 @@ public final class TLSContext: @unchecked Sendable {
     private func applyCommonSettings(minimumVersion: TLSVersion, maximumVersion: TLSVersion) throws(TLSError) {
         let ctx = self.pointer
         guard minimumVersion.openSSLValue <= maximumVersion.openSSLValue else {
-            throw TLSError(.configuration, "the minimum TLS version \(minimumVersion.rawValue) is above the maximum \(maximumVersion.rawValue)")
+            throw TLSError(
+                .configuration,
+                "the minimum TLS version \(minimumVersion.rawValue) is above the maximum \(maximumVersion.rawValue)")
         }
         try check(shim_SSL_CTX_set_min_proto_version(ctx, minimumVersion.openSSLValue) == 1, "the minimum TLS version")
         try check(shim_SSL_CTX_set_max_proto_version(ctx, maximumVersion.openSSLValue) == 1, "the maximum TLS version")
@@ -186,10 +207,16 @@ public final class TLSContext: @unchecked Sendable {
         try Self.checkReadable(key, what: "key file")
         OpenSSLErrors.clear()
         guard SSL_CTX_use_certificate_chain_file(ctx, chain) == 1 else {
-            throw TLSError(.configuration, "cannot use certificate file \(chain): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificate in it")) (expected a PEM certificate chain)")
+            throw TLSError(
+                .configuration,
+                "cannot use certificate file \(chain): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificate in it")) (expected a PEM certificate chain)"
+            )
         }
         if Self.fileContains(key, "ENCRYPTED") {
-            throw TLSError(.configuration, "the key \(key) is encrypted with a passphrase; give the server an unencrypted key (openssl pkey -in \(key) -out plain.key) and keep it mode 0600")
+            throw TLSError(
+                .configuration,
+                "the key \(key) is encrypted with a passphrase; give the server an unencrypted key (openssl pkey -in \(key) -out plain.key) and keep it mode 0600"
+            )
         }
         OpenSSLErrors.clear()
         guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
@@ -197,7 +224,10 @@ public final class TLSContext: @unchecked Sendable {
             if entries.contains(anyOf: X509_R_KEY_VALUES_MISMATCH, in: ERR_LIB_X509) {
                 throw TLSError(.configuration, "the key \(key) does not match the certificate \(chain)")
             }
-            throw TLSError(.configuration, "cannot use key file \(key): \(OpenSSLErrors.describe(entries, fallback: "no private key in it")) (expected a PEM private key)")
+            throw TLSError(
+                .configuration,
+                "cannot use key file \(key): \(OpenSSLErrors.describe(entries, fallback: "no private key in it")) (expected a PEM private key)"
+            )
         }
         OpenSSLErrors.clear()
         guard SSL_CTX_check_private_key(ctx) == 1 else {

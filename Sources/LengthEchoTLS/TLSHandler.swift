@@ -115,7 +115,8 @@ public final class TLSHandler: ChannelDuplexHandler {
         let seconds = formatSeconds(self.handshakeTimeout.seconds)
         let timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.handshakeTimeout) {
             self.failHandshake(
-                TLSError(.handshakeTimeout, "no TLS handshake within \(seconds) s: the peer stalled or does not speak TLS"),
+                TLSError(
+                    .handshakeTimeout, "no TLS handshake within \(seconds) s: the peer stalled or does not speak TLS"),
                 context: context
             )
         }
@@ -239,7 +240,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     private func readPlaintext(context: ChannelHandlerContext) {
         // Plaintext is never longer than the ciphertext it came from.
         let capacity = max(self.connection.inputPending, 64)
-        var plaintext = self.buffers?.plaintext.take(capacity: capacity) ?? context.channel.allocator.buffer(capacity: capacity)
+        var plaintext =
+            self.buffers?.plaintext.take(capacity: capacity) ?? context.channel.allocator.buffer(capacity: capacity)
         let status = self.connection.read(into: &plaintext)
         if plaintext.readableBytes > 0 {
             switch self.state {
@@ -282,7 +284,10 @@ public final class TLSHandler: ChannelDuplexHandler {
         handshake.timer.cancel()
         if self.connection.isServer {
             handshake.promise?.fail(TLSError(.peerNotTLS, "the client did not speak TLS", cause: .peerNotTLS))
-            self.log(.notice, "a plaintext client connected to the TLS port\(self.plaintextRefusal == nil ? "" : "; answered with an error")")
+            self.log(
+                .notice,
+                "a plaintext client connected to the TLS port\(self.plaintextRefusal == nil ? "" : "; answered with an error")"
+            )
             self.state = .closed(failure: nil)
             if let refusal = self.plaintextRefusal {
                 context.write(self.wrapOutboundOut(refusal), promise: nil)

@@ -77,7 +77,9 @@ struct BenchCommand: AsyncParsableCommand {
         guard self.connections > 0, self.threads > 0, self.size >= 0, self.duration > 0 else {
             throw ValidationError("--connections, --threads and --duration must be positive")
         }
-        guard ["per-request", "persistent"].contains(self.mode) else { throw ValidationError("--mode is per-request or persistent") }
+        guard ["per-request", "persistent"].contains(self.mode) else {
+            throw ValidationError("--mode is per-request or persistent")
+        }
     }
 
     func run() async throws {
@@ -91,7 +93,8 @@ struct BenchCommand: AsyncParsableCommand {
             )
         }
         if let hold = self.hold {
-            try await Hold.run(count: hold, address: address, tls: tlsContext, serverName: self.serverName ?? self.host, group: group)
+            try await Hold.run(
+                count: hold, address: address, tls: tlsContext, serverName: self.serverName ?? self.host, group: group)
             try await group.shutdownGracefully()
             return
         }
@@ -159,7 +162,8 @@ struct BenchCommand: AsyncParsableCommand {
 
         let measuredEnd = self.requests == nil ? min(end, stopAt) : end
         let seconds = (measuredEnd - plan.measureFrom).seconds
-        let report = Report(command: self, stats: stats, seconds: seconds, cpuSeconds: cpu, wallSeconds: (end - start).seconds)
+        let report = Report(
+            command: self, stats: stats, seconds: seconds, cpuSeconds: cpu, wallSeconds: (end - start).seconds)
         print(self.json ? report.json : report.text)
     }
 }
@@ -183,9 +187,13 @@ struct Report {
                 + "\(c.size)-byte messages, \(String(format: "%.1f", self.seconds)) s measured, \(c.threads) threads"
         )
         lines.append(String(format: "requests/s    %.0f  (%d requests)", self.rate, self.stats.requests))
-        lines.append(String(format: "MB/s          %.2f  (messages and replies)", Double(self.stats.bytes) / self.seconds / 1e6))
+        lines.append(
+            String(format: "MB/s          %.2f  (messages and replies)", Double(self.stats.bytes) / self.seconds / 1e6))
         if c.tls {
-            lines.append(String(format: "handshakes/s  %.0f  (%d resumed of %d)", Double(self.stats.handshakes) / self.seconds, self.stats.resumed, self.stats.handshakes))
+            lines.append(
+                String(
+                    format: "handshakes/s  %.0f  (%d resumed of %d)", Double(self.stats.handshakes) / self.seconds,
+                    self.stats.resumed, self.stats.handshakes))
         }
         lines.append(
             "latency µs    p50 \(self.percentile(50))  p90 \(self.percentile(90))  p99 \(self.percentile(99))  "
@@ -236,7 +244,9 @@ enum CPUTime {
 
 /// `--hold N`: N idle connections (TLS handshakes done), held until stdin closes.
 enum Hold {
-    static func run(count: Int, address: SocketAddress, tls: TLSContext?, serverName: String, group: any EventLoopGroup) async throws {
+    static func run(
+        count: Int, address: SocketAddress, tls: TLSContext?, serverName: String, group: any EventLoopGroup
+    ) async throws {
         var channels: [any Channel] = []
         channels.reserveCapacity(count)
         var batch: [EventLoopFuture<any Channel>] = []

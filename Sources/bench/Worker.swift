@@ -129,7 +129,9 @@ final class Worker {
                 channel.eventLoop.makeCompletedFuture {
                     if let tls = plan.tls {
                         try channel.pipeline.syncOperations.addHandler(
-                            TLSHandler(context: tls, expectedHost: plan.serverName, resuming: sessionBox.value, buffers: buffersBox.value)
+                            TLSHandler(
+                                context: tls, expectedHost: plan.serverName, resuming: sessionBox.value,
+                                buffers: buffersBox.value)
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(BenchHandler(worker: bound.value))
@@ -240,7 +242,9 @@ final class BenchHandler: ChannelInboundHandler {
             }
         case .perRequest:
             self.ended = true
-            let session = worker.plan.resume ? (try? context.pipeline.syncOperations.handler(type: TLSHandler.self))?.session : nil
+            let session =
+                worker.plan.resume
+                ? (try? context.pipeline.syncOperations.handler(type: TLSHandler.self))?.session : nil
             context.close(promise: nil)
             worker.connectionEnded(session: session)
         }

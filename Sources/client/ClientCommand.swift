@@ -84,7 +84,9 @@ struct ClientCommand: AsyncParsableCommand {
         configuration.replyTimeout = .fromSeconds(self.replyTimeout)
         if self.tls {
             if self.insecure {
-                Self.printError("client: warning: --insecure: the server's certificate is NOT verified; anyone on the path can read and change this traffic")
+                Self.printError(
+                    "client: warning: --insecure: the server's certificate is NOT verified; anyone on the path can read and change this traffic"
+                )
             }
             do {
                 configuration.tls = try TLSContext.client(
@@ -136,7 +138,9 @@ struct ClientCommand: AsyncParsableCommand {
             case .untrustedPeerCertificate: return "pass --ca with the CA that signed it (e.g. certs/ca.pem)"
             case .wrongHost: return "connect by one of those names, or pass --server-name"
             case .clientCertificateRequired, .clientCertificateMaybeRequired: return "pass --cert and --key"
-            case .noSharedVersion: return "this client offers TLS \(self.tlsMin.rawValue) to \(self.tlsMax.rawValue) (see --tls-min, --tls-max)"
+            case .noSharedVersion:
+                return
+                    "this client offers TLS \(self.tlsMin.rawValue) to \(self.tlsMax.rawValue) (see --tls-min, --tls-max)"
             case .peerNotTLS: return "try without --tls"
             case .ourCertificateRefused, .noSharedCipher, nil: return nil
             }

@@ -34,7 +34,8 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(
         name: .long,
-        help: "What ends each message and reply: nul (the original protocol) or line (for nc, telnet, openssl s_client)."
+        help:
+            "What ends each message and reply: nul (the original protocol) or line (for nc, telnet, openssl s_client)."
     )
     var framing: Framing = .nul
 
@@ -59,7 +60,8 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "With --tls: the certificate chain, PEM. (default: certs/server.pem)")
     var cert: String?
 
-    @Option(name: .long, help: "With --tls: the certificate's private key, PEM, unencrypted. (default: certs/server.key)")
+    @Option(
+        name: .long, help: "With --tls: the certificate's private key, PEM, unencrypted. (default: certs/server.key)")
     var key: String?
 
     @Option(name: .customLong("client-ca"), help: "With --tls: the CA that signs client certificates (mutual TLS).")
@@ -95,7 +97,8 @@ struct ServerCommand: AsyncParsableCommand {
             throw ValidationError("--client-ca needs --client-auth optional or required")
         }
         if self.clientCA == nil && self.clientAuth != .none {
-            throw ValidationError("--client-auth \(self.clientAuth.rawValue) needs --client-ca: the CA that signs client certificates")
+            throw ValidationError(
+                "--client-auth \(self.clientAuth.rawValue) needs --client-ca: the CA that signs client certificates")
         }
     }
 
@@ -165,9 +168,13 @@ struct ServerCommand: AsyncParsableCommand {
             Standard.error("server: \(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
             throw ExitCode.failure
         }
-        let addresses = server.localAddresses.map { LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0) }
-        let security = self.tls
-            ? "TLS \(self.tlsMin.rawValue)+" + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)")
+        let addresses = server.localAddresses.map {
+            LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0)
+        }
+        let security =
+            self.tls
+            ? "TLS \(self.tlsMin.rawValue)+"
+                + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)")
             : "plaintext"
         let framing = self.framing == .nul ? "" : ", \(self.framing.rawValue) framing"
         Standard.error("server: listening on \(addresses.joined(separator: " and ")) (\(security)\(framing))")
@@ -177,7 +184,8 @@ struct ServerCommand: AsyncParsableCommand {
             self.reload(server)
             signal = await signals.next()
         }
-        Standard.error("server: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
+        Standard.error(
+            "server: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
         Task {
             while await signals.next() == SIGHUP {}
             Standard.error("server: second signal, exiting now")

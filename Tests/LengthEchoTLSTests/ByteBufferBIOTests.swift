@@ -20,7 +20,9 @@ struct ByteBufferBIOTests {
         try self.withBIO(io) { bio in
             var out = [UInt8](repeating: 0, count: 8)
             #expect(BIO_read(bio, &out, 8) == -1)
-            #expect(BIO_test_flags(bio, BIO_FLAGS_SHOULD_RETRY | BIO_FLAGS_READ) == BIO_FLAGS_SHOULD_RETRY | BIO_FLAGS_READ, "empty means try again later")
+            #expect(
+                BIO_test_flags(bio, BIO_FLAGS_SHOULD_RETRY | BIO_FLAGS_READ) == BIO_FLAGS_SHOULD_RETRY | BIO_FLAGS_READ,
+                "empty means try again later")
             #expect(BIO_ctrl_pending(bio) == 0)
 
             io.feed(ByteBuffer(string: "hello"))
@@ -40,7 +42,9 @@ struct ByteBufferBIOTests {
         let io = ByteBufferBIO()
         let received = ByteBuffer(string: "ciphertext")
         io.feed(received)
-        let same = io.inbound.withUnsafeReadableBytes { a in received.withUnsafeReadableBytes { b in a.baseAddress == b.baseAddress } }
+        let same = io.inbound.withUnsafeReadableBytes { a in
+            received.withUnsafeReadableBytes { b in a.baseAddress == b.baseAddress }
+        }
         #expect(same)
         try self.withBIO(io) { bio in
             var out = [UInt8](repeating: 0, count: 16)

@@ -1,6 +1,6 @@
 import LengthEchoCore
-import LengthEchoTestSupport
 import LengthEchoTLS
+import LengthEchoTestSupport
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -199,27 +199,27 @@ struct TLSHandlerTests {
         try pair.shuttle()
         #expect(pair.serverRecorder.handshakes.count == 1)
         #expect(pair.serverRecorder.received == bytes("flushed\0"))
-        try flushedWrite.futureResult.wait()
+        try settled(flushedWrite.futureResult)
         pair.client.flush()
         try pair.shuttle()
         #expect(pair.serverRecorder.received == bytes("flushed\0later\0"))
-        try laterWrite.futureResult.wait()
+        try settled(laterWrite.futureResult)
     }
 
     @Test("an empty write's promise completes in order with the ciphertext writes around it")
     func emptyWriteKeepsOrder() async throws {
         let pair = try Pair(try await TestCertificates.main.value)
         try pair.shuttle()
-        var order: [String] = []
+        let order = Order()
         let data = pair.client.eventLoop.makePromise(of: Void.self)
         let empty = pair.client.eventLoop.makePromise(of: Void.self)
-        data.futureResult.whenSuccess { order.append("data") }
-        empty.futureResult.whenSuccess { order.append("empty") }
+        order.record("data", when: data.futureResult)
+        order.record("empty", when: empty.futureResult)
         pair.client.writeAndFlush(ByteBuffer(string: "x\0"), promise: data)
         pair.client.writeAndFlush(ByteBuffer(), promise: empty)
         try pair.shuttle()
-        try empty.futureResult.wait()
-        #expect(order == ["data", "empty"])
+        try settled(empty.futureResult)
+        #expect(order.entries == ["data", "empty"])
     }
 
     // MARK: timers, on virtual time
@@ -227,7 +227,8 @@ struct TLSHandlerTests {
     @Test("a peer that never finishes the handshake is dropped when the handshake timeout passes")
     func handshakeTimeout() async throws {
         let handshake = EmbeddedEventLoop().makePromise(of: TLSConnectionInfo.self)
-        let pair = try Pair(try await TestCertificates.main.value, handshakeTimeout: .seconds(5), clientHandshake: handshake)
+        let pair = try Pair(
+            try await TestCertificates.main.value, handshakeTimeout: .seconds(5), clientHandshake: handshake)
         _ = try pair.drain(pair.client)  // the ClientHello, never delivered
         pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(4_900))
         #expect(pair.server.isActive)
@@ -251,7 +252,7 @@ struct TLSHandlerTests {
         #expect(pair.clientHalfClose.outputClosed, "the peer sees our EOF while we wait")
         pair.client.embeddedEventLoop.advanceTime(by: .milliseconds(200))
         #expect(!pair.client.isActive)
-        try closed.futureResult.wait()
+        try settled(closed.futureResult)
     }
 
     @Test("closing when the peer has already sent close_notify closes at once")
@@ -277,7 +278,7 @@ struct TLSHandlerTests {
         #expect(pair.clientHalfClose.outputClosed)
         let refused = pair.client.eventLoop.makePromise(of: Void.self)
         pair.client.writeAndFlush(ByteBuffer(string: "more\0"), promise: refused)
-        #expect(throws: ChannelError.outputClosed) { try refused.futureResult.wait() }
+        #expect(throws: ChannelError.outputClosed) { try settled(refused.futureResult) }
         pair.server.writeAndFlush(ByteBuffer(string: "4 : last\0"), promise: nil)
         try pair.shuttle()
         #expect(pair.clientRecorder.received == bytes("4 : last\0"))
@@ -298,5 +299,20 @@ struct TLSHandlerTests {
         #expect(pair.server.isActive)
         pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(200))
         #expect(!pair.server.isActive)
+    }
+}
+
+/// The outcome of a future of an EmbeddedEventLoop, which is settled by the time the test looks.
+private func settled<T: Sendable>(_ future: EventLoopFuture<T>) throws -> T {
+    try future.wait()
+}
+
+/// The order in which callbacks ran.
+private final class Order {
+    var entries: [String] = []
+
+    /// Appends `name` when `future` succeeds (callbacks of an EmbeddedEventLoop run on the test's thread).
+    func record(_ name: String, when future: EventLoopFuture<Void>) {
+        future.assumeIsolated().whenSuccess { self.entries.append(name) }
     }
 }

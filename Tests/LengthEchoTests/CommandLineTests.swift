@@ -1,6 +1,6 @@
+import Foundation
 import LengthEchoCore
 import LengthEchoTestSupport
-import Foundation
 import Testing
 
 @Suite("The server and client executables", .timeLimit(.minutes(1)))
@@ -21,7 +21,8 @@ struct CommandLineTests {
         #expect(await client.exitStatus() == 0)
         #expect(client.stdout == "11 : test_string\n")
         await server.wait { $0.stdout.contains("receive: test_string\n") }
-        let many = try Executable("client", ["--port", "\(port)", "a", "안녕", "-"], stdin: Data("from stdin\nline two\n".utf8))
+        let many = try Executable(
+            "client", ["--port", "\(port)", "a", "안녕", "-"], stdin: Data("from stdin\nline two\n".utf8))
         #expect(await many.exitStatus() == 0)
         #expect(many.stdout == "1 : a\n6 : 안녕\n10 : from stdin\n8 : line two\n")
         let forged = try Executable("client", ["--port", "\(port)", "x\nreceive: forged"])
@@ -75,9 +76,13 @@ struct CommandLineTests {
     func tlsDemo() async throws {
         let certificates = try await TestCertificates.main.value
         let other = try await TestCertificates.other.value
-        let (server, port) = try await self.startServer(["--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey])
+        let (server, port) = try await self.startServer([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey,
+        ])
         #expect(server.stderr.contains("(TLS 1.2+)"))
-        let client = try Executable("client", ["--tls", "--ca", certificates.ca, "--host", "localhost", "--port", "\(port)", "--verbose", "test_string"])
+        let client = try Executable(
+            "client",
+            ["--tls", "--ca", certificates.ca, "--host", "localhost", "--port", "\(port)", "--verbose", "test_string"])
         #expect(await client.exitStatus() == 0)
         #expect(client.stdout == "11 : test_string\n")
         #expect(client.stderr.contains("TLSv1.3") && client.stderr.contains("CN = localhost"))
@@ -96,7 +101,8 @@ struct CommandLineTests {
         server.terminate()
         #expect(await server.exitStatus() == 0)
 
-        let mismatched = try Executable("server", ["--tls", "--port", "0", "--cert", certificates.serverCertificate, "--key", other.serverKey])
+        let mismatched = try Executable(
+            "server", ["--tls", "--port", "0", "--cert", certificates.serverCertificate, "--key", other.serverKey])
         #expect(await mismatched.exitStatus() == 1)
         #expect(mismatched.stderr.contains("does not match the certificate"))
     }
@@ -106,10 +112,16 @@ struct CommandLineTests {
         let certificates = try await TestCertificates.main.value
         let attributes = try FileManager.default.attributesOfItem(atPath: certificates.serverKey)
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
-        let again = try run("/bin/bash", [TestCertificates.packageRoot + "/scripts/gen-certs.sh", "--out", certificates.directory])
+        let again = try run(
+            "/bin/bash", [TestCertificates.packageRoot + "/scripts/gen-certs.sh", "--out", certificates.directory])
         #expect(again.status != 0)
         #expect(again.output.contains("pass --force to overwrite"))
-        let verified = try run("/usr/bin/env", ["openssl", "verify", "-CAfile", certificates.ca, certificates.serverCertificate, certificates.clientCertificate])
+        let verified = try run(
+            "/usr/bin/env",
+            [
+                "openssl", "verify", "-CAfile", certificates.ca, certificates.serverCertificate,
+                certificates.clientCertificate,
+            ])
         #expect(verified.status == 0, "\(verified.output)")
     }
 
@@ -128,7 +140,9 @@ struct CommandLineTests {
             }
         }
         try install(first)
-        let (server, port) = try await self.startServer(["--tls", "--cert", directory + "/server.pem", "--key", directory + "/server.key"])
+        let (server, port) = try await self.startServer([
+            "--tls", "--cert", directory + "/server.pem", "--key", directory + "/server.key",
+        ])
         func client(_ ca: String) async throws -> Executable {
             let client = try Executable("client", ["--tls", "--ca", ca, "--port", "\(port)", "renewed"])
             _ = await client.exitStatus()

@@ -74,8 +74,12 @@ struct LineFramingTests {
             #expect(try await client.send(bytes("hello")).text == "5 : hello")
             let replies = try await client.send(pipelined: [bytes("a"), bytes("b\0c"), []])
             #expect(replies.map(\.text) == ["1 : a", "3 : b\0c", "0 : "])
-            await #expect(throws: LengthEchoError.messageContainsTerminator(.line)) { try await client.send(bytes("two\nlines")) }
-            await #expect(throws: LengthEchoError.messageEndsWithCarriageReturn) { try await client.send(bytes("cr\r")) }
+            await #expect(throws: LengthEchoError.messageContainsTerminator(.line)) {
+                try await client.send(bytes("two\nlines"))
+            }
+            await #expect(throws: LengthEchoError.messageEndsWithCarriageReturn) {
+                try await client.send(bytes("cr\r"))
+            }
             await client.close()
             await server.shutdown()
         }
@@ -104,7 +108,8 @@ struct LineFramingTests {
         let session = try Executable(
             "/usr/bin/openssl",
             [
-                "s_client", "-connect", "127.0.0.1:\(server.port)", "-servername", "localhost", "-CAfile", certificates.ca,
+                "s_client", "-connect", "127.0.0.1:\(server.port)", "-servername", "localhost", "-CAfile",
+                certificates.ca,
                 "-verify_return_error", "-quiet",
             ],
             stdin: Data("hello\r\nsecond line\r\n".utf8),
@@ -122,7 +127,9 @@ struct LineFramingTests {
         let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0", "--framing", "line"])
         await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
         let port = try #require(
-            server.stderr.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }.flatMap { Int($0.split(separator: ":")[1]) }
+            server.stderr.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }.flatMap {
+                Int($0.split(separator: ":")[1])
+            }
         )
         #expect(server.stderr.contains("line framing"))
         let client = try Executable("client", ["--port", "\(port)", "--framing", "line", "hello", "안녕"])

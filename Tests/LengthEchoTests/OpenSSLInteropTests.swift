@@ -1,8 +1,8 @@
-import LengthEchoCore
-import LengthEchoTestSupport
 import Foundation
 import LengthEcho
+import LengthEchoCore
 import LengthEchoTLS
+import LengthEchoTestSupport
 import Testing
 
 /// Our server and client against the real `openssl` tool, which is what users would otherwise reach for.
@@ -11,15 +11,19 @@ struct OpenSSLInteropTests {
     /// `openssl s_client` sending the protocol's bytes, its stdout and exit status.
     private func sClient(port: Int, ca: String, _ flags: String) async throws -> (status: Int32, output: String) {
         try await blocking {
-            try run("/bin/sh", [
-                "-c",
-                "printf 'test_string\\0second\\0' | timeout 10 openssl s_client -connect 127.0.0.1:\(port) "
-                    + "-CAfile \(ca) -verify_return_error -quiet \(flags) 2>/dev/null",
-            ])
+            try run(
+                "/bin/sh",
+                [
+                    "-c",
+                    "printf 'test_string\\0second\\0' | timeout 10 openssl s_client -connect 127.0.0.1:\(port) "
+                        + "-CAfile \(ca) -verify_return_error -quiet \(flags) 2>/dev/null",
+                ])
         }
     }
 
-    @Test("openssl s_client -verify_return_error gets correct replies over TLS 1.2 and 1.3", arguments: ["-tls1_2", "-tls1_3"])
+    @Test(
+        "openssl s_client -verify_return_error gets correct replies over TLS 1.2 and 1.3",
+        arguments: ["-tls1_2", "-tls1_3"])
     func sClientGetsReplies(flag: String) async throws {
         let certificates = try await TestCertificates.main.value
         let context = try certificates.serverContext()
@@ -41,7 +45,12 @@ struct OpenSSLInteropTests {
         let port = server.port
         // SECLEVEL=0 lets s_client itself offer TLS 1.1, so the refusal is our server's.
         let result = try await blocking {
-            try run("/bin/sh", ["-c", "timeout 10 openssl s_client -connect 127.0.0.1:\(port) -tls1_1 -cipher 'DEFAULT@SECLEVEL=0' </dev/null 2>&1"])
+            try run(
+                "/bin/sh",
+                [
+                    "-c",
+                    "timeout 10 openssl s_client -connect 127.0.0.1:\(port) -tls1_1 -cipher 'DEFAULT@SECLEVEL=0' </dev/null 2>&1",
+                ])
         }
         #expect(result.status != 0)
         #expect(result.output.contains("alert protocol version"), "\(result.output)")
@@ -51,10 +60,12 @@ struct OpenSSLInteropTests {
     @Test("our client completes a verified handshake with openssl s_server")
     func clientAgainstSServer() async throws {
         let certificates = try await TestCertificates.main.value
-        let sServer = try Executable("/usr/bin/openssl", [
-            "s_server", "-accept", "127.0.0.1:0", "-cert", certificates.serverCertificate,
-            "-key", certificates.serverKey, "-naccept", "1",
-        ], keepStdinOpen: true)  // s_server stops when its stdin ends
+        let sServer = try Executable(
+            "/usr/bin/openssl",
+            [
+                "s_server", "-accept", "127.0.0.1:0", "-cert", certificates.serverCertificate,
+                "-key", certificates.serverKey, "-naccept", "1",
+            ], keepStdinOpen: true)  // s_server stops when its stdin ends
         await sServer.wait { $0.stdout.contains("ACCEPT") || !$0.isRunning }
         let line = try #require(sServer.stdout.split(separator: "\n").first { $0.hasPrefix("ACCEPT") })
         let port = try #require(line.split(separator: ":").last.flatMap { Int($0) })

@@ -1,7 +1,7 @@
-import LengthEchoCore
-import LengthEchoTestSupport
 import Foundation
 import LengthEcho
+import LengthEchoCore
+import LengthEchoTestSupport
 import NIOCore
 import Synchronization
 import Testing
@@ -23,7 +23,9 @@ struct ServerTests {
     @Test("the server prints each message it receives")
     func onMessage() async throws {
         let seen = Mutex<[[UInt8]]>([])
-        let server = try await startServer { $0.onMessage = { message in seen.withLock { $0.append(Array(message.readableBytesView)) } } }
+        let server = try await startServer {
+            $0.onMessage = { message in seen.withLock { $0.append(Array(message.readableBytesView)) } }
+        }
         let client = LengthEchoClient(configuration: ClientConfiguration(port: server.port))
         _ = try await client.send(bytes("one"))
         _ = try await client.send(bytes("two"))
@@ -316,6 +318,8 @@ struct ServerTests {
         await #expect(throws: LengthEchoError.hostNotFound("no-such-host.invalid")) {
             try await unknown.send(bytes("x"))
         }
-        await #expect(throws: LengthEchoError.messageContainsTerminator(.nul)) { try await client.send([0x61, 0, 0x62]) }
+        await #expect(throws: LengthEchoError.messageContainsTerminator(.nul)) {
+            try await client.send([0x61, 0, 0x62])
+        }
     }
 }

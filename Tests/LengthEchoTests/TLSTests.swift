@@ -1,8 +1,8 @@
-import LengthEchoCore
-import LengthEchoTestSupport
 import Foundation
 import LengthEcho
+import LengthEchoCore
 import LengthEchoTLS
+import LengthEchoTestSupport
 import NIOCore
 import Testing
 
@@ -14,14 +14,17 @@ struct TLSTests {
         minimumVersion: TLSVersion = .tls12,
         configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> LengthEchoServer {
-        let context = try certificates.serverContext(clientAuthentication: clientAuthentication, minimumVersion: minimumVersion)
+        let context = try certificates.serverContext(
+            clientAuthentication: clientAuthentication, minimumVersion: minimumVersion)
         return try await startServer {
             $0.tls = context
             configure(&$0)
         }
     }
 
-    private func tlsClient(_ server: LengthEchoServer, _ context: TLSContext, host: String = "127.0.0.1", serverName: String? = nil)
+    private func tlsClient(
+        _ server: LengthEchoServer, _ context: TLSContext, host: String = "127.0.0.1", serverName: String? = nil
+    )
         -> LengthEchoClient
     {
         var configuration = ClientConfiguration(host: host, port: server.port)
@@ -73,7 +76,8 @@ struct TLSTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<100 {
                 group.addTask {
-                    var configuration = ClientConfiguration(host: index % 2 == 0 ? "127.0.0.1" : "localhost", port: port)
+                    var configuration = ClientConfiguration(
+                        host: index % 2 == 0 ? "127.0.0.1" : "localhost", port: port)
                     configuration.tls = context
                     let client = LengthEchoClient(configuration: configuration)
                     let message = "tls client \(index)"
@@ -145,7 +149,8 @@ struct TLSTests {
         await #expect {
             _ = try await self.tlsClient(server, try certificates.clientContext(), serverName: "example.com").connect()
         } throws: { error in
-            "\(error)".contains("wrong host") && "\(error)".contains("localhost, 127.0.0.1, ::1") && "\(error)".contains("example.com")
+            "\(error)".contains("wrong host") && "\(error)".contains("localhost, 127.0.0.1, ::1")
+                && "\(error)".contains("example.com")
         }
 
         let expired = try await TestCertificates.expired.value
@@ -231,14 +236,23 @@ struct TLSTests {
                 return error.description
             }
         }
-        #expect(serverError(cert: "/nonexistent/server.pem", key: certificates.serverKey)
-            == "cannot read certificate file /nonexistent/server.pem: No such file or directory")
-        #expect(serverError(cert: certificates.serverCertificate, key: other.serverKey).contains("does not match the certificate"))
-        #expect(serverError(cert: certificates.serverKey, key: certificates.serverKey).contains("cannot use certificate file"))
+        #expect(
+            serverError(cert: "/nonexistent/server.pem", key: certificates.serverKey)
+                == "cannot read certificate file /nonexistent/server.pem: No such file or directory")
+        #expect(
+            serverError(cert: certificates.serverCertificate, key: other.serverKey).contains(
+                "does not match the certificate"))
+        #expect(
+            serverError(cert: certificates.serverKey, key: certificates.serverKey).contains(
+                "cannot use certificate file"))
 
         let encrypted = certificates.directory + "/encrypted.key"
-        let made = try run("/usr/bin/env", ["openssl", "pkey", "-in", certificates.serverKey, "-aes256", "-passout", "pass:secret", "-out", encrypted])
+        let made = try run(
+            "/usr/bin/env",
+            ["openssl", "pkey", "-in", certificates.serverKey, "-aes256", "-passout", "pass:secret", "-out", encrypted])
         #expect(made.status == 0, "\(made.output)")
-        #expect(serverError(cert: certificates.serverCertificate, key: encrypted).contains("is encrypted with a passphrase"))
+        #expect(
+            serverError(cert: certificates.serverCertificate, key: encrypted).contains("is encrypted with a passphrase")
+        )
     }
 }

@@ -34,7 +34,8 @@ public struct TestCertificates: Sendable {
 
     public static func generate(_ name: String, _ flags: [String] = []) throws -> TestCertificates {
         let directory = Self.root + "/" + name
-        let result = try run("/bin/bash", [Self.packageRoot + "/scripts/gen-certs.sh", "--out", directory, "--force"] + flags)
+        let result = try run(
+            "/bin/bash", [Self.packageRoot + "/scripts/gen-certs.sh", "--out", directory, "--force"] + flags)
         guard result.status == 0 else {
             throw GenerationFailed(description: "gen-certs.sh failed: \(result.output)")
         }
@@ -63,7 +64,6 @@ public struct TestCertificates: Sendable {
         )
     }
 }
-
 
 /// The bytes of a string, for expectations.
 public func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }

@@ -57,7 +57,11 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
                 reply = try self.replies.next()
             } catch {
                 self.fail(
-                    LengthEchoError.invalidReply("", reason: "more than \(self.replies.maximumMessageLength) bytes without a \(self.replies.framing.terminatorName)"),
+                    LengthEchoError.invalidReply(
+                        "",
+                        reason:
+                            "more than \(self.replies.maximumMessageLength) bytes without a \(self.replies.framing.terminatorName)"
+                    ),
                     context: context
                 )
                 return
@@ -65,7 +69,8 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
             guard let reply else { break }
             guard let waiter = self.waiting.popFirst() else {
                 self.fail(
-                    LengthEchoError.invalidReply(ParsedReply.describe(Array(reply.readableBytesView)), reason: "nothing was asked"),
+                    LengthEchoError.invalidReply(
+                        ParsedReply.describe(Array(reply.readableBytesView)), reason: "nothing was asked"),
                     context: context
                 )
                 return

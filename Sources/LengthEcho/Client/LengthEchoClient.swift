@@ -1,3 +1,8 @@
+import LengthEchoCore
+import LengthEchoTLS
+import NIOCore
+import NIOPosix
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -5,10 +10,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import LengthEchoCore
-import LengthEchoTLS
-import NIOCore
-import NIOPosix
 
 /// A length-echo client: the tutorial's `socket()`, `connect()`, `write()` and `read()`.
 ///
@@ -80,7 +81,7 @@ public actor LengthEchoClient {
                     await self.keepSession(of: channel)
                 }
                 return try zip(messages, raw).map { message, reply in try Self.validate(reply, of: message) }
-            } catch where reusing && !retried && Self.closedByPeer(error) {
+            } catch  where reusing && !retried && Self.closedByPeer(error) {
                 // The server closed the connection after its last reply (the original C server always does):
                 // send again on a new one.
                 retried = true
@@ -144,7 +145,9 @@ public actor LengthEchoClient {
     }
 
     /// `connect()`, then the TLS handshake when TLS is on: a connection is returned ready for messages.
-    private static func connect(_ configuration: ClientConfiguration, group: any EventLoopGroup, session: TLSSession?) async throws
+    private static func connect(
+        _ configuration: ClientConfiguration, group: any EventLoopGroup, session: TLSSession?
+    ) async throws
         -> (any Channel, TLSConnectionInfo?, ConnectionFailure)
     {
         let failure = ConnectionFailure()
@@ -169,7 +172,8 @@ public actor LengthEchoClient {
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        LengthEchoClientHandler(framing: framing, maximumReplyLength: maximumReplyLength, failure: failure)
+                        LengthEchoClientHandler(
+                            framing: framing, maximumReplyLength: maximumReplyLength, failure: failure)
                     )
                 }
             }
@@ -224,7 +228,8 @@ public actor LengthEchoClient {
     /// Whether `error` only says that the peer had closed the connection.
     static func closedByPeer(_ error: any Error) -> Bool {
         switch error {
-        case LengthEchoError.closedBeforeReply, ChannelError.ioOnClosedChannel, ChannelError.outputClosed, ChannelError.eof:
+        case LengthEchoError.closedBeforeReply, ChannelError.ioOnClosedChannel, ChannelError.outputClosed,
+            ChannelError.eof:
             return true
         case let error as IOError:
             return error.errnoCode == ECONNRESET || error.errnoCode == EPIPE
@@ -269,7 +274,9 @@ public actor LengthEchoClient {
         }
         if error is SocketAddressError { return .hostNotFound(host) }
         if errnos.contains(ECONNREFUSED) { return .connectionRefused(host: host, port: port) }
-        if let first = errnos.first { return .connectFailed(host: host, port: port, reason: String(cString: strerror(first))) }
+        if let first = errnos.first {
+            return .connectFailed(host: host, port: port, reason: String(cString: strerror(first)))
+        }
         return .connectFailed(host: host, port: port, reason: "\(error)")
     }
 }

@@ -1,3 +1,10 @@
+import LengthEchoCore
+import LengthEchoTLS
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -5,12 +12,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import LengthEchoCore
-import LengthEchoTLS
-import Logging
-import NIOCore
-import NIOPosix
-import Synchronization
 
 /// A running length-echo server: the tutorial's `socket()`, `bind()`, `listen()` and `accept()`, on every
 /// core. Start it with `start(configuration:)`, read `port`, and stop it with `shutdown()`.
@@ -124,14 +125,19 @@ public final class LengthEchoServer: Sendable {
             .serverChannelOption(.backlog, value: configuration.backlog)
             // A restarted server binds at once, even while old connections sit in TIME_WAIT.
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+            .serverChannelOption(
+                ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)),
+                value: 1
+            )
             // Set on the listener, TCP_NODELAY is inherited by every accepted socket: one syscall fewer each.
             .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
         if ipv6Only {
             // `::` and `0.0.0.0` are separate sockets on the same port.
-            bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
+            bootstrap = bootstrap.serverChannelOption(
+                ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
         }
-        return bootstrap
+        return
+            bootstrap
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The child lives on the loop that accepted it, which owns this state.
@@ -140,7 +146,8 @@ public final class LengthEchoServer: Sendable {
                         configuration.logger.warning(
                             "refusing a connection: \(tracker.limit) connections are open, the limit"
                         )
-                        try channel.pipeline.syncOperations.addHandler(BusyRejectHandler(refusal: loopState.busyRefusal))
+                        try channel.pipeline.syncOperations.addHandler(
+                            BusyRejectHandler(refusal: loopState.busyRefusal))
                         return
                     }
                     do {

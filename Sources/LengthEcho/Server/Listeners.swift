@@ -1,11 +1,12 @@
+import LengthEchoCore
+import NIOCore
+import NIOPosix
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import LengthEchoCore
-import NIOCore
-import NIOPosix
 
 /// Opening the listening sockets: resolve each configured host, check the port is really free, bind one
 /// socket per event loop (SO_REUSEPORT), and fall back to IPv4 alone where the machine has no IPv6.
@@ -28,7 +29,8 @@ enum Listeners {
                 }
                 // Where the default `::` cannot be had, IPv4 alone is served: said once, not an error.
                 func ipv6Missing(_ errno: Int32?) -> Bool {
-                    guard usingDefaults, address.protocol == .inet6, errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL else {
+                    guard usingDefaults, address.protocol == .inet6, errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL
+                    else {
                         return false
                     }
                     configuration.logger.info("IPv6 is not available here; listening on IPv4 only")

@@ -140,7 +140,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
             return
         }
         if self.replies.capacity == 0 {
-            self.replies = self.loopState.buffers.replies.take(capacity: Reply.encodedLength(ofMessageLength: message.readableBytes))
+            self.replies = self.loopState.buffers.replies.take(
+                capacity: Reply.encodedLength(ofMessageLength: message.readableBytes))
         }
         Reply.write(echoOf: message, framing: self.framing, into: &self.replies)
         if self.replies.readableBytes >= Self.batchLimit {

@@ -10,7 +10,8 @@ final class ServerLoopState {
     let plaintextRefusal: ByteBuffer
     /// The answer to a connection over the connection cap.
     let busyRefusal: ByteBuffer
-    private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] = [:]
+    private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] =
+        [:]
     private var sweep: Scheduled<Void>?
     private let loop: any EventLoop
     private let interval: TimeAmount
@@ -19,7 +20,8 @@ final class ServerLoopState {
         self.loop = loop
         // Idle connections are found within a quarter of the timeout (at most a second late).
         self.interval = .nanoseconds(min(max(configuration.idleTimeout.nanoseconds / 4, 10_000_000), 1_000_000_000))
-        self.plaintextRefusal = Reply.error("this port speaks TLS; connect with a TLS client", framing: configuration.framing)
+        self.plaintextRefusal = Reply.error(
+            "this port speaks TLS; connect with a TLS client", framing: configuration.framing)
         self.busyRefusal = Reply.error(
             "server busy: \(configuration.maximumConnections) connections are open, the limit; try again later",
             framing: configuration.framing

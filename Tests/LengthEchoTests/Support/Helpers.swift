@@ -1,7 +1,7 @@
-import LengthEchoCore
-import LengthEchoTestSupport
 import Foundation
 import LengthEcho
+import LengthEchoCore
+import LengthEchoTestSupport
 import Logging
 import NIOCore
 import Testing
@@ -18,7 +18,6 @@ func startServer(_ configure: (inout ServerConfiguration) -> Void = { _ in }) as
     configure(&configuration)
     return try await LengthEchoServer.start(configuration: configuration)
 }
-
 
 /// Runs blocking socket code off the cooperative pool.
 func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {

@@ -1,9 +1,10 @@
+import Foundation
+
 #if canImport(Glibc)
 import LengthEchoCore
 import LengthEchoTestSupport
 import Glibc
 #endif
-import Foundation
 
 /// A blocking BSD socket, used to speak to the server exactly as the original C client does (and to behave
 /// badly on purpose). Every call is bounded by send and receive timeouts.
@@ -65,7 +66,9 @@ final class RawSocket: @unchecked Sendable {
     func write(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(self.fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw Failure(description: "write: \(String(cString: strerror(errno)))")
