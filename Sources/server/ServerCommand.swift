@@ -18,7 +18,7 @@ import Darwin
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "server",
-        abstract: "The length-echo server: answers each NUL-terminated message with `<length> : <message>`.",
+        abstract: "The length-echo server: answers each message with `<length> : <message>`.",
         discussion: """
             Prints `receive: <message>` for each message, as the original C server does (control bytes \
             escaped). SIGINT or SIGTERM drains: no new connections, messages already received are answered, \

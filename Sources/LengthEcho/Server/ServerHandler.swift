@@ -4,8 +4,8 @@ import NIOCore
 
 /// One connection's side of the protocol: the tutorial's `read()` and `write()`, made real.
 ///
-/// Bytes are framed by the configured terminator (NUL, or newline), not by `read()`, so messages may be split or joined any way TCP likes. Each
-/// complete message is answered in order; the replies of one read burst go out in one write, flushed when
+/// Bytes are framed by the configured terminator (NUL, or newline), not by `read()`, so messages may be
+/// split or joined any way TCP likes. Each complete message is answered in order; the replies of one read burst go out in one write, flushed when
 /// the burst ends. The connection stays open for the next message until the client closes it, so clients
 /// may pipeline. Slow readers are handled by backpressure: while the socket cannot take more replies, the
 /// handler stops reading.
