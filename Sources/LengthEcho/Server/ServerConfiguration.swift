@@ -14,8 +14,11 @@ public struct ServerConfiguration: Sendable {
     public var framing: Framing = .nul
     /// The largest message accepted, in bytes, without its terminator. The original read at most 1024 bytes.
     public var maximumMessageLength: Int = 1 << 20
-    /// A connection that sends nothing for this long is closed; one stalled mid-message is told why first.
+    /// A connection that sends nothing for this long is closed; one stalled mid-message is told why first. A
+    /// peer that stops taking its replies for this long is closed too.
     public var idleTimeout: TimeAmount = .seconds(60)
+    /// The longest a message may take from its first byte to its terminator, however steadily it trickles.
+    public var messageTimeout: TimeAmount = .seconds(30)
     /// Connections beyond this many are answered `error: server busy` and closed.
     public var maximumConnections: Int = 10_000
     /// On shutdown, how long connections get to finish the message they are sending.

@@ -20,11 +20,17 @@ final class RawSocket: @unchecked Sendable {
     }
 
     /// `socket()` and `connect()` to 127.0.0.1 (or ::1), with every later read and write bounded.
-    static func connect(port: Int, ipv6: Bool = false, timeout: Double = 10) throws -> RawSocket {
+    /// `receiveBuffer` shrinks the socket's receive buffer (before connecting, so the window is small too).
+    static func connect(port: Int, ipv6: Bool = false, timeout: Double = 10, receiveBuffer: Int32? = nil) throws
+        -> RawSocket
+    {
         let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket: \(errno)") }
         let socket = RawSocket(fd: fd)
         socket.setTimeouts(timeout)
+        if var size = receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var result: Int32
         if ipv6 {
             var address = sockaddr_in6()
@@ -123,6 +129,29 @@ final class RawSocket: @unchecked Sendable {
             if chunk.isEmpty { return all }
             all += chunk
         }
+    }
+
+    /// Linux's POLLRDHUP (the peer shut its write side), which Glibc exports only under _GNU_SOURCE.
+    private static let pollReadHangUp: Int16 = 0x2000
+
+    /// Waits (without reading) until the server has closed its end, by FIN or by reset, or `seconds` pass.
+    /// Returns whether it did.
+    func waitForPeerClose(seconds: Double) -> Bool {
+        var entry = pollfd(fd: self.fd, events: Self.pollReadHangUp, revents: 0)
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            let left = Int32(max(0, deadline.timeIntervalSinceNow) * 1000)
+            let n = poll(&entry, 1, left)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            return entry.revents & (Self.pollReadHangUp | Int16(POLLHUP | POLLERR)) != 0
+        }
+    }
+
+    /// Whether a reply (or anything) is waiting to be read within `seconds`.
+    func readable(within seconds: Double) -> Bool {
+        var entry = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, Int32(seconds * 1000)) > 0
     }
 
     func shutdownWrite() {
