@@ -15,11 +15,18 @@ struct CheapPeerTests {
         }
         let port = server.port
         let closed = try await blocking { () -> Bool in
-            // A 4 KiB receive window: the server's 1 MiB reply can never be delivered.
+            // A 4 KiB receive window: the server's replies pile up in its kernel buffers, then in its own.
             let hog = try RawSocket.connect(port: port, receiveBuffer: 4096)
             let message = [UInt8](repeating: 0x61, count: 1 << 20 - 1) + [0]
-            try hog.write(message)
-            // Bound: the idle timeout once writes stall, the sweep's quarter, and slack for a busy machine.
+            var sent = 0
+            for _ in 0..<16 {  // complete 1 MiB messages, as many as the server takes in (at most 16 MiB)
+                let n = hog.writeWithoutBlocking(message)
+                sent += n
+                if n < message.count { break }
+                _ = hog.waitForPeerClose(seconds: 0.05)  // a pause between messages, cut short if it closes
+            }
+            #expect(sent > 2 << 20, "more than the kernel buffers hold")
+            // Bound: the idle timeout once the server stops reading, the sweep's quarter, and slack.
             return hog.waitForPeerClose(seconds: 5)
         }
         #expect(closed, "the non-reading peer still holds its slot")

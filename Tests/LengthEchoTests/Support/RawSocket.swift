@@ -131,6 +131,20 @@ final class RawSocket: @unchecked Sendable {
         }
     }
 
+    /// Writes as much of `bytes` as the socket takes without blocking; returns how much that was.
+    func writeWithoutBlocking(_ bytes: [UInt8]) -> Int {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { raw in
+                Glibc.send(self.fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_DONTWAIT))
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            offset += n
+        }
+        return offset
+    }
+
     /// Linux's POLLRDHUP (the peer shut its write side), which Glibc exports only under _GNU_SOURCE.
     private static let pollReadHangUp: Int16 = 0x2000
 
