@@ -45,6 +45,12 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("idle-timeout"), help: "Seconds a connection may stay silent before it is closed.")
     var idleTimeout: Double = 60
 
+    @Option(
+        name: .customLong("message-timeout"),
+        help: "Seconds a message may take from its first byte to its terminator, however steadily it arrives."
+    )
+    var messageTimeout: Double = 30
+
     @Option(name: .customLong("max-connections"), help: "Connections beyond this many are refused.")
     var maxConnections: Int = 10_000
 
@@ -86,6 +92,7 @@ struct ServerCommand: AsyncParsableCommand {
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535") }
         guard self.maxMessage >= 0 else { throw ValidationError("--max-message must not be negative") }
         guard self.idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
+        guard self.messageTimeout > 0 else { throw ValidationError("--message-timeout must be positive") }
         guard self.drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
         guard self.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         guard self.threads > 0 else { throw ValidationError("--threads must be positive") }
@@ -140,6 +147,7 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.framing = self.framing
         configuration.maximumMessageLength = self.maxMessage
         configuration.idleTimeout = .fromSeconds(self.idleTimeout)
+        configuration.messageTimeout = .fromSeconds(self.messageTimeout)
         configuration.maximumConnections = self.maxConnections
         configuration.drainTimeout = .fromSeconds(self.drainTimeout)
         configuration.threads = self.threads

@@ -9,6 +9,12 @@ import NIOCore
 /// the burst ends. The connection stays open for the next message until the client closes it, so clients
 /// may pipeline. Slow readers are handled by backpressure: while the socket cannot take more replies, the
 /// handler stops reading.
+///
+/// Every way a connection can last has a deadline, checked by its loop's sweep (at most a second late):
+/// silence between messages (the idle timeout), a message that takes too long however steadily it trickles
+/// (the message timeout), silence in the middle of a message (the idle timeout, with an error line), a peer
+/// that stops taking its replies (the idle timeout, then closed without a word), and the last replies of a
+/// closing connection (the idle timeout, then closed). A connection stays in the sweep until it is gone.
 final class LengthEchoServerHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -17,8 +23,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private enum State {
         /// Reading messages and answering them.
         case serving
-        /// The last replies are being written; the connection closes once they are out.
-        case closing
+        /// The last replies are being written (since then); the connection closes once they are out.
+        case closing(since: NIODeadline)
         /// An error reply was sent and the write side shut; further input is discarded until close.
         case rejecting
     }
@@ -40,10 +46,15 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private var replies: ByteBuffer
     private let empty: ByteBuffer
     private let idleTimeout: TimeAmount
+    private let messageTimeout: TimeAmount
+    /// When a byte last arrived, or the peer last took replies after a stall.
     private var lastActivity = NIODeadline.now()
+    /// When the first byte of the message in progress arrived (nil between messages).
+    private var messageStarted: NIODeadline?
+    /// Since when the peer has not been taking its replies (reads are held meanwhile).
+    private var stalledSince: NIODeadline?
     private var watched = false
     private var lingerTimer: Scheduled<Void>?
-    private var readHeld = false
     private var draining = false
     private let onMessage: (@Sendable (ByteBuffer) -> Void)?
     private let logger: Logger
@@ -68,6 +79,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         )
         self.replies = self.empty
         self.idleTimeout = configuration.idleTimeout
+        self.messageTimeout = configuration.messageTimeout
         self.onMessage = configuration.onMessage
         self.logger = configuration.logger
     }
@@ -100,8 +112,10 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .serving = self.state else { return }  // rejecting or closing: input is discarded
-        self.lastActivity = .now()
+        let now = NIODeadline.now()
+        self.lastActivity = now
         self.framer.append(self.unwrapInboundIn(data))
+        var answered = false
         while true {
             let message: ByteBuffer?
             do {
@@ -111,7 +125,14 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
                 return
             }
             guard let message else { break }
+            answered = true
             self.answer(message, context: context)
+        }
+        // What is left began with this read, unless it is the rest of a message begun earlier.
+        if self.framer.bufferedBytes == 0 {
+            self.messageStarted = nil
+        } else if answered || self.messageStarted == nil {
+            self.messageStarted = now
         }
     }
 
@@ -160,17 +181,17 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        // While the peer is not reading its replies, stop reading its messages.
+        // While the peer is not reading its replies, stop reading its messages (and start its stall clock).
         guard context.channel.isWritable else {
-            self.readHeld = true
+            if self.stalledSince == nil { self.stalledSince = .now() }
             return
         }
         context.read()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable && self.readHeld {
-            self.readHeld = false
+        if context.channel.isWritable, self.stalledSince != nil {
+            self.stalledSince = nil
             self.lastActivity = .now()
             context.read()
         }
@@ -217,7 +238,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     /// Writes what replies are left and closes once they are on the wire.
     private func closeAfterReplies(context: ChannelHandlerContext) {
-        self.state = .closing
+        self.state = .closing(since: .now())
         let out = self.replies
         self.replies = self.empty
         let written = context.eventLoop.makePromise(of: Void.self)
@@ -241,10 +262,17 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.replies = self.empty
         context.write(self.wrapOutboundOut(out), promise: nil)
         self.lingerTimer = context.shutOutputThenClose(after: Self.lingerTime)
-        if self.readHeld {
-            self.readHeld = false
-            context.read()
+        if self.stalledSince != nil {
+            self.stalledSince = nil
+            context.read()  // input is discarded from now on, so it may flow again
         }
+    }
+
+    /// Closes at once, without a word: the peer cannot or will not take one.
+    private func abort(context: ChannelHandlerContext, reason: String) {
+        self.logger.notice("closing connection: \(reason)", metadata: self.logMetadata)
+        self.framer.discard()
+        context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -271,20 +299,43 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.loopState.forget(self)
     }
 
-    /// Called by the loop's idle sweep: acts once nothing has arrived for the idle timeout.
-    func checkIdle(now: NIODeadline, context: ChannelHandlerContext) {
-        guard case .serving = self.state, now >= self.lastActivity + self.idleTimeout else { return }
-        self.stopWatching()
-        let seconds = formatSeconds(self.idleTimeout.seconds)
-        if self.framer.bufferedBytes > 0 {
-            self.reject(
-                context: context,
-                reason: "timed out: the message was not finished within \(seconds) s"
-            )
-        } else {
-            self.logger.debug("closing idle connection after \(seconds) s")
-            self.closeAfterReplies(context: context)
+    /// Called by the loop's sweep: closes the connection once one of its deadlines has passed.
+    func checkDeadlines(now: NIODeadline, context: ChannelHandlerContext) {
+        switch self.state {
+        case .serving:
+            if let stalled = self.stalledSince {
+                if now >= stalled + self.idleTimeout {
+                    self.abort(context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s")
+                }
+            } else if let started = self.messageStarted {
+                if now >= started + self.messageTimeout {
+                    self.reject(
+                        context: context,
+                        reason: "timed out: the message was not finished within \(Self.seconds(self.messageTimeout)) s "
+                            + "(the message timeout)"
+                    )
+                } else if now >= self.lastActivity + self.idleTimeout {
+                    self.reject(
+                        context: context,
+                        reason: "timed out: nothing arrived for \(Self.seconds(self.idleTimeout)) s in the middle of a "
+                            + "message (the idle timeout)"
+                    )
+                }
+            } else if now >= self.lastActivity + self.idleTimeout {
+                self.logger.debug("closing idle connection after \(Self.seconds(self.idleTimeout)) s")
+                self.closeAfterReplies(context: context)
+            }
+        case .closing(let since):
+            if now >= since + self.idleTimeout {
+                self.abort(context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s")
+            }
+        case .rejecting:
+            break  // the linger timer closes it
         }
+    }
+
+    private static func seconds(_ amount: TimeAmount) -> String {
+        formatSeconds(amount.seconds)
     }
 }
 

@@ -18,8 +18,9 @@ final class ServerLoopState {
 
     init(loop: any EventLoop, configuration: ServerConfiguration) {
         self.loop = loop
-        // Idle connections are found within a quarter of the timeout (at most a second late).
-        self.interval = .nanoseconds(min(max(configuration.idleTimeout.nanoseconds / 4, 10_000_000), 1_000_000_000))
+        // Deadlines are found within a quarter of the shortest timeout (at most a second late).
+        let shortest = min(configuration.idleTimeout.nanoseconds, configuration.messageTimeout.nanoseconds)
+        self.interval = .nanoseconds(min(max(shortest / 4, 10_000_000), 1_000_000_000))
         self.plaintextRefusal = Reply.error(
             "this port speaks TLS; connect with a TLS client", framing: configuration.framing)
         self.busyRefusal = Reply.error(
@@ -51,7 +52,7 @@ final class ServerLoopState {
             self.sweep = nil
             let now = NIODeadline.now()
             for entry in self.connections.values {
-                entry.handler.checkIdle(now: now, context: entry.context)
+                entry.handler.checkDeadlines(now: now, context: entry.context)
             }
             if !self.connections.isEmpty { self.scheduleSweep() }
         }
