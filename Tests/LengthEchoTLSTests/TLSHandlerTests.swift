@@ -39,8 +39,8 @@ struct TLSHandlerTests {
     }
 
     struct Pair {
-        let client = EmbeddedChannel()
-        let server = EmbeddedChannel()
+        let client: EmbeddedChannel
+        let server: EmbeddedChannel
         let clientRecorder = Recorder()
         let serverRecorder = Recorder()
         let clientHalfClose = HalfClose()
@@ -50,8 +50,11 @@ struct TLSHandlerTests {
             _ certificates: TestCertificates,
             handshakeTimeout: TimeAmount = .seconds(10),
             shutdownTimeout: TimeAmount = .seconds(3),
-            clientHandshake: EventLoopPromise<TLSConnectionInfo>? = nil
+            clientHandshake: EventLoopPromise<TLSConnectionInfo>? = nil,
+            loop: EmbeddedEventLoop? = nil
         ) throws {
+            self.client = EmbeddedChannel(loop: loop ?? EmbeddedEventLoop())
+            self.server = EmbeddedChannel(loop: loop ?? EmbeddedEventLoop())
             try self.server.pipeline.syncOperations.addHandlers([
                 self.serverHalfClose,
                 TLSHandler(
@@ -299,6 +302,37 @@ struct TLSHandlerTests {
         #expect(pair.server.isActive)
         pair.server.embeddedEventLoop.advanceTime(by: .milliseconds(200))
         #expect(!pair.server.isActive)
+    }
+
+    @Test("once closed, nothing keeps the handler (and its SSL) alive: no timer outlives the connection")
+    func nothingOutlivesTheConnection() async throws {
+        let certificates = try await TestCertificates.main.value
+        let loop = EmbeddedEventLoop()  // outlives the channels, as a server's event loop does
+        weak var serverHandler: TLSHandler?
+        weak var clientHandler: TLSHandler?
+        do {
+            let pair = try Pair(certificates, loop: loop)
+            try pair.shuttle()
+            serverHandler = try pair.server.pipeline.syncOperations.handler(type: TLSHandler.self)
+            clientHandler = try pair.client.pipeline.syncOperations.handler(type: TLSHandler.self)
+            // The client closes first; the server, its close_notify already in, closes after.
+            pair.client.close(promise: nil)
+            try pair.shuttle()
+            pair.server.close(promise: nil)
+            try pair.shuttle()
+            #expect(!pair.server.isActive && !pair.client.isActive)
+        }
+        loop.run()  // the channels' own deferred clean-up; no virtual time passes
+        #expect(serverHandler == nil, "a timer armed after the close still holds the server's handler")
+        #expect(clientHandler == nil, "a timer still holds the client's handler")
+    }
+
+    @Test("an empty server name is refused rather than switching the name check off")
+    func emptyServerName() async throws {
+        let certificates = try await TestCertificates.main.value
+        #expect(throws: TLSError(.configuration, "the server name to verify is empty")) {
+            _ = try TLSHandler(context: try certificates.clientContext(), expectedHost: "")
+        }
     }
 }
 
