@@ -38,6 +38,24 @@ struct TLSHandlerTests {
         }
     }
 
+    /// Below the TLS handler: a socket slow to send. Writes wait, in order, until `release`.
+    final class HeldWrites: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        private var held: [(NIOAny, EventLoopPromise<Void>?)] = []
+        private var context: ChannelHandlerContext?
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            self.held.append((data, promise))
+        }
+        func flush(context: ChannelHandlerContext) {}
+        func release() {
+            guard let context = self.context else { return }
+            for (data, promise) in self.held { context.write(data, promise: promise) }
+            self.held = []
+            context.flush()
+        }
+    }
+
     struct Pair {
         let client: EmbeddedChannel
         let server: EmbeddedChannel
@@ -213,6 +231,9 @@ struct TLSHandlerTests {
     func emptyWriteKeepsOrder() async throws {
         let pair = try Pair(try await TestCertificates.main.value)
         try pair.shuttle()
+        // A socket that has not yet sent what it was given: writes wait below the TLS handler.
+        let socket = HeldWrites()
+        try pair.client.pipeline.syncOperations.addHandler(socket, position: .first)
         let order = Order()
         let data = pair.client.eventLoop.makePromise(of: Void.self)
         let empty = pair.client.eventLoop.makePromise(of: Void.self)
@@ -220,6 +241,8 @@ struct TLSHandlerTests {
         order.record("empty", when: empty.futureResult)
         pair.client.writeAndFlush(ByteBuffer(string: "x\0"), promise: data)
         pair.client.writeAndFlush(ByteBuffer(), promise: empty)
+        #expect(order.entries.isEmpty, "the empty write completed while earlier ciphertext was still unsent")
+        socket.release()
         try pair.shuttle()
         try settled(empty.futureResult)
         #expect(order.entries == ["data", "empty"])
