@@ -80,3 +80,51 @@ struct OpenSSLInteropTests {
         _ = await sServer.exitStatus()
     }
 }
+
+/// Our client against an `openssl s_server` driven by hand: what a real TLS 1.2 server may do mid-connection.
+@Suite("A TLS 1.2 server that asks to renegotiate", .timeLimit(.minutes(1)))
+struct RenegotiationTests {
+    @Test("a HelloRequest never makes the client drop a message silently: it is refused, and the message answered")
+    func helloRequest() async throws {
+        let certificates = try await TestCertificates.main.value
+        let port = try ClosedPort().port  // free now; s_server binds it next
+        let server = try Executable(
+            "/usr/bin/openssl",
+            [
+                "s_server", "-accept", "127.0.0.1:\(port)", "-tls1_2", "-cert", certificates.serverCertificate, "-key",
+                certificates.serverKey, "-naccept", "1",
+            ],
+            keepStdinOpen: true
+        )
+        defer { server.terminate(signal: SIGKILL) }
+        await server.wait { $0.stdout.contains("ACCEPT") || !$0.isRunning }
+        var configuration = ClientConfiguration(port: port)
+        configuration.framing = .line
+        configuration.replyTimeout = .seconds(10)
+        configuration.tls = try certificates.clientContext(maximumVersion: .tls12)
+        configuration.serverName = "localhost"
+        let client = LengthEchoClient(configuration: configuration)
+
+        // Typed at s_server: it sends each line we give it, and prints what it receives.
+        async let first = client.send(bytes("a"))
+        await server.wait { $0.stdout.contains("\na\n") || !$0.isRunning }
+        server.send("1 : a\n")
+        #expect(try await first.text == "1 : a")
+
+        server.send("r\n")  // s_server: renegotiate (a HelloRequest on TLS 1.2)
+        await server.wait { $0.stdout.contains("SSL_renegotiate") || !$0.isRunning }
+        let second = Task { () -> Result<EchoReply, any Error> in
+            do { return .success(try await client.send(bytes("b"))) } catch { return .failure(error) }
+        }
+        await server.wait { $0.stdout.contains("\nb\n") || !$0.isRunning || $0.stderr.contains("error") }
+        if server.stdout.contains("\nb\n") { server.send("1 : b\n") }
+        switch await second.value {
+        case .success(let reply):
+            #expect(reply.text == "1 : b")
+        case .failure(let error):
+            // Refusing the renegotiation may end the connection; then the client says so at once.
+            #expect(!(error is LengthEchoError && "\(error)".contains("no reply within")), "\(error)")
+        }
+        await client.close()
+    }
+}

@@ -151,6 +151,20 @@ public final class Executable: Sendable {
         return self.state.withLock { $0.exitStatus ?? -1 }
     }
 
+    /// Writes `text` to the process's standard input (opened with `keepStdinOpen`).
+    public func send(_ text: String) {
+        self.stdinFD.withLock { fd in
+            guard fd >= 0 else { return }
+            let bytes = Array(text.utf8)
+            var offset = 0
+            while offset < bytes.count {
+                let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, bytes.count - offset) }
+                if n <= 0 { if errno == EINTR { continue } else { return } }
+                offset += n
+            }
+        }
+    }
+
     public func closeStdin() {
         self.stdinFD.withLock { fd in
             if fd >= 0 { close(fd) }
