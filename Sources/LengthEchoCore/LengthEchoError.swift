@@ -55,7 +55,8 @@ public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible
             return "the reply does not echo the message: sent \(sent) bytes, the server echoed \(echoed) different ones"
                 + (echoed < sent ? " (did the server truncate it? the original C server reads at most 1024 bytes)" : "")
         case .serverError(let reason):
-            return "the server refused the message: \(reason)"
+            // The server's words reach a terminal: no escape sequences, no forged lines.
+            return "the server refused the message: \(Escaping.printable(Array(reason.utf8)))"
         case .closedBeforeReply:
             return "the server closed the connection before replying"
         case .replyTimeout(let seconds):

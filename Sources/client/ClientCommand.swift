@@ -159,7 +159,8 @@ struct ClientCommand: AsyncParsableCommand {
         if self.verbose, let info = await client.tlsInfo, await client.takeNewConnectionFlag() {
             Self.printError(
                 "client: \(info.version), \(info.cipher)\(info.resumed ? ", resumed" : ""); server certificate: "
-                    + "\(info.peerSubject ?? "none"), expires \(info.peerNotAfter ?? "?")"
+                    + "\(info.peerSubject.map { Escaping.printable(Array($0.utf8)) } ?? "none"), "
+                    + "expires \(info.peerNotAfter ?? "?")"
             )
         }
         var line = reply.bytes

@@ -185,6 +185,12 @@ struct ProtocolTests {
         #expect(Framing.line.problem(sending: bytes("a\0\rb")) == nil)
     }
 
+    @Test("a server's error text is escaped before it can reach a terminal")
+    func serverErrorEscaped() {
+        let error = LengthEchoError.serverError("busy\u{1B}[2J\nreceive: forged")
+        #expect(error.description == "the server refused the message: busy\\x1b[2J\\nreceive: forged")
+    }
+
     @Test("library errors state what happened, never a command-line flag")
     func errorsNameNoFlags() {
         let errors: [LengthEchoError] = [
