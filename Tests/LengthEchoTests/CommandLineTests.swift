@@ -107,6 +107,33 @@ struct CommandLineTests {
         #expect(mismatched.stderr.contains("does not match the certificate"))
     }
 
+    @Test("gen-certs.sh --force writes each key to a new 0600 file, never into the old file; it refuses symlinks")
+    func generateCertificatesSafely() async throws {
+        let directory = NSTemporaryDirectory() + "length-echo-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let script = TestCertificates.packageRoot + "/scripts/gen-certs.sh"
+        // An old, world-readable key with a second name: the new key must not be written through it.
+        let old = directory + "/server.key"
+        try Data("old key\n".utf8).write(to: URL(fileURLWithPath: old))
+        chmod(old, 0o644)
+        let keep = directory + "/kept"
+        #expect(link(old, keep) == 0)
+        let forced = try run("/bin/bash", [script, "--out", directory, "--force"])
+        #expect(forced.status == 0, "\(forced.output)")
+        #expect(try String(contentsOfFile: keep, encoding: .utf8) == "old key\n", "the new key went into the old file")
+        var info = stat()
+        #expect(stat(old, &info) == 0 && info.st_mode & 0o777 == 0o600)
+
+        // A symlink where a key goes, dangling or not, is refused, with --force too.
+        try FileManager.default.removeItem(atPath: directory + "/client.key")
+        #expect(symlink(directory + "/elsewhere.key", directory + "/client.key") == 0)
+        let refused = try run("/bin/bash", [script, "--out", directory, "--force"])
+        #expect(refused.status != 0)
+        #expect(refused.output.contains("is a symbolic link"), "\(refused.output)")
+        #expect(!FileManager.default.fileExists(atPath: directory + "/elsewhere.key"))
+    }
+
     @Test("gen-certs.sh makes 0600 keys, refuses to overwrite without --force, and its certificates verify")
     func generateCertificates() async throws {
         let certificates = try await TestCertificates.main.value
