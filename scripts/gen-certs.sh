@@ -47,28 +47,32 @@ done
 command -v openssl >/dev/null || { echo "gen-certs.sh: needs the openssl command (apt-get install openssl)" >&2; exit 1; }
 
 files=(ca.pem ca.key server.pem server.key client.pem client.key)
-if [ "$force" -eq 0 ]; then
-    for file in "${files[@]}"; do
-        if [ -e "$out/$file" ]; then
-            echo "gen-certs.sh: $out/$file exists; pass --force to overwrite" >&2
-            exit 1
-        fi
-    done
-fi
+for file in "${files[@]}"; do
+    # A symlink (dangling or not) would be followed by every write: never, with --force neither.
+    if [ -L "$out/$file" ]; then
+        echo "gen-certs.sh: $out/$file is a symbolic link; remove it first" >&2
+        exit 1
+    fi
+    if [ "$force" -eq 0 ] && [ -e "$out/$file" ]; then
+        echo "gen-certs.sh: $out/$file exists; pass --force to overwrite" >&2
+        exit 1
+    fi
+done
 mkdir -p "$out"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"; rm -f "$out"/.new-key.*' EXIT
 
+# new_key PATH: a key written to a fresh 0600 file beside PATH, then renamed over it, so no other file (an
+# old key's inode, with its old mode and other names) ever holds the new key.
 new_key() {
-    (
-        umask 077
-        if [ "$algorithm" = "rsa" ]; then
-            openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null
-        else
-            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"
-        fi
-    )
-    chmod 600 "$1"
+    local fresh
+    fresh="$(umask 077 && mktemp "$(dirname "$1")/.new-key.XXXXXX")"
+    if [ "$algorithm" = "rsa" ]; then
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$fresh" 2>/dev/null
+    else
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$fresh"
+    fi
+    mv -f "$fresh" "$1"
 }
 
 key_usage="digitalSignature"
