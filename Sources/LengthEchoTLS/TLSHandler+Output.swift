@@ -41,9 +41,15 @@ extension TLSHandler {
     // MARK: write and flush
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let data = self.unwrapOutboundIn(data)
         switch self.state {
+        case .idle where data.readableBytes == 0 && self.writes.items.isEmpty,
+            .handshaking where data.readableBytes == 0 && self.writes.items.isEmpty:
+            // Nothing precedes it, and it carries nothing: done (a close after "the last replies" must not
+            // wait for a handshake that may never come).
+            promise?.succeed()
         case .idle, .handshaking, .active:
-            self.writes.append(self.unwrapOutboundIn(data), promise: promise)
+            self.writes.append(data, promise: promise)
         case .outputClosed, .closing, .refusing:
             promise?.fail(ChannelError.outputClosed)
         case .closed(let failure):

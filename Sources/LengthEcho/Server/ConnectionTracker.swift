@@ -1,21 +1,19 @@
 import Synchronization
 
-/// How many connections are open, so the server can cap them; and whether it is draining.
+/// How many connections are open, so the server can cap them.
 ///
 /// One atomic counter, no lock and no per-connection bookkeeping here: each event loop's `ServerLoopState`
-/// knows its own connections, which is all a drain needs.
+/// knows its own connections, which is all a drain needs (a connection accepted during a drain is served).
 final class ConnectionTracker: Sendable {
     let limit: Int
     private let open = Atomic<Int>(0)
-    private let draining = Atomic<Bool>(false)
 
     init(limit: Int) {
         self.limit = limit
     }
 
-    /// Counts a new connection and returns true, or returns false when the server is full or draining.
+    /// Counts a new connection and returns true, or returns false when the server is full.
     func admit() -> Bool {
-        if self.draining.load(ordering: .relaxed) { return false }
         let (_, now) = self.open.add(1, ordering: .relaxed)
         if now > self.limit {
             self.open.subtract(1, ordering: .relaxed)
@@ -30,9 +28,4 @@ final class ConnectionTracker: Sendable {
     }
 
     var count: Int { self.open.load(ordering: .relaxed) }
-
-    /// Refuses new connections from now on.
-    func beginDrain() {
-        self.draining.store(true, ordering: .relaxed)
-    }
 }

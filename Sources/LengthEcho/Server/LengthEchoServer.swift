@@ -169,28 +169,21 @@ public final class LengthEchoServer: Sendable {
             }
     }
 
-    /// Drains and stops: no new connections are accepted, messages already received are answered, idle
-    /// connections are closed, and connections still busy after `drainTimeout` are closed.
+    /// Drains and stops: the listeners close; messages already received are answered; a connection just
+    /// accepted or just answered gets a short grace to send its next message, which is answered too; idle
+    /// connections close at once; connections still open after `drainTimeout` are closed.
     public func shutdown() async {
         for listener in self.listeners {
             try? await listener.close()
         }
-        self.tracker.beginDrain()
-        var draining: [any Channel] = []
-        for state in self.loopStates {
-            if let channels = try? await state.eventLoop.submit({ state.value.drain() }).get() {
-                draining += channels
-            }
+        let drained = self.loopStates.map { state in state.eventLoop.flatSubmit { state.value.drain() } }
+        let loop = self.group.next()
+        let states = self.loopStates
+        let timeout = loop.scheduleTask(in: self.configuration.drainTimeout) {
+            for state in states { state.eventLoop.execute { state.value.closeAll() } }
         }
-        let open = draining
-        if !open.isEmpty {
-            let loop = self.group.next()
-            let timeout = loop.scheduleTask(in: self.configuration.drainTimeout) {
-                for channel in open { channel.close(promise: nil) }
-            }
-            try? await EventLoopFuture.andAllComplete(open.map(\.closeFuture), on: loop).get()
-            timeout.cancel()
-        }
+        try? await EventLoopFuture.andAllComplete(drained, on: loop).get()
+        timeout.cancel()
         if self.ownsGroup {
             try? await self.group.shutdownGracefully()
         }

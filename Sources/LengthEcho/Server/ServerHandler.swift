@@ -1,4 +1,5 @@
 import LengthEchoCore
+import LengthEchoTLS
 import Logging
 import NIOCore
 
@@ -35,6 +36,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private static let zeroCopyThreshold = 16 * 1024
     /// After an error reply, how long input is discarded so the client can read the error.
     private static let lingerTime: TimeAmount = .seconds(2)
+    /// During a drain, how long a connection that was just accepted, or just answered, gets to send its next
+    /// message (and to finish its TLS handshake) before it is closed.
+    static let drainGrace: TimeAmount = .seconds(1)
 
     private let framing: Framing
     /// Who is on the other end, as the stages before this one established it.
@@ -138,7 +142,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         if case .serving = self.state {
-            if self.draining && self.framer.bufferedBytes == 0 {
+            if self.draining && self.framer.bufferedBytes == 0 && self.replies.readableBytes > 0 {
+                // Draining: this burst's replies are the connection's last.
                 self.closeAfterReplies(context: context)
             } else {
                 self.flushReplies(context: context)
@@ -203,15 +208,21 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             self.peerFinishedSending(context: context)
+        } else if event is TLSEvent {
+            // A finished handshake is the peer's doing too: its first message follows.
+            self.lastActivity = .now()
+            context.fireUserInboundEventTriggered(event)
         } else {
             context.fireUserInboundEventTriggered(event)
         }
     }
 
-    /// The server is shutting down: answer what has arrived, then close; idle connections close now.
-    func drain(context: ChannelHandlerContext) {
+    /// The server is shutting down. An idle connection closes now. One that is in the middle of a message
+    /// gets it answered, then closes; one accepted or answered within the drain grace gets that long to send
+    /// its next message (it may be on its way), which is answered, then it closes. The sweep closes the rest.
+    func drain(now: NIODeadline, context: ChannelHandlerContext) {
         self.draining = true
-        if case .serving = self.state, self.framer.bufferedBytes == 0 {
+        if case .serving = self.state, self.messageStarted == nil, now >= self.lastActivity + Self.drainGrace {
             self.closeAfterReplies(context: context)
         }
     }
@@ -321,6 +332,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
                             + "message (the idle timeout)"
                     )
                 }
+            } else if self.draining && now >= self.lastActivity + Self.drainGrace {
+                self.closeAfterReplies(context: context)
             } else if now >= self.lastActivity + self.idleTimeout {
                 self.logger.debug("closing idle connection after \(Self.seconds(self.idleTimeout)) s")
                 self.closeAfterReplies(context: context)

@@ -2,8 +2,9 @@ import LengthEchoCore
 import NIOCore
 
 /// What the connections of one event loop share: scratch buffers, the refusals written to a peer that
-/// cannot be served, and one idle sweep instead of a timer per connection. (Cancelling one of NIO's scheduled tasks scans the loop's whole task queue, so a timer per
-/// connection would make every close cost O(connections).)
+/// cannot be served, and one sweep of deadlines instead of a timer per connection. (Cancelling one of NIO's
+/// scheduled tasks scans the loop's whole task queue, so a timer per connection would make every close cost
+/// O(connections).)
 final class ServerLoopState {
     let buffers = LoopBuffers()
     /// The answer to a plaintext client on a TLS port, in the protocol's own error form.
@@ -13,6 +14,8 @@ final class ServerLoopState {
     private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] =
         [:]
     private var sweep: Scheduled<Void>?
+    /// Set once the server drains: completed when the last connection of this loop is gone.
+    private var drained: EventLoopPromise<Void>?
     private let loop: any EventLoop
     private let interval: TimeAmount
 
@@ -32,23 +35,42 @@ final class ServerLoopState {
     func watch(_ handler: LengthEchoServerHandler, context: ChannelHandlerContext) {
         self.connections[ObjectIdentifier(handler)] = (handler, context)
         if self.sweep == nil { self.scheduleSweep() }
+        // Accepted while the server drains (it was in flight when the listeners closed): served like the rest.
+        if self.drained != nil { handler.drain(now: .now(), context: context) }
     }
 
     func forget(_ handler: LengthEchoServerHandler) {
         self.connections.removeValue(forKey: ObjectIdentifier(handler))
+        if self.connections.isEmpty { self.drained?.succeed() }
     }
 
-    /// Tells every connection of this loop to drain; returns their channels, to wait for them to close.
-    func drain() -> [any Channel] {
-        let entries = Array(self.connections.values)
-        for entry in entries {
-            entry.handler.drain(context: entry.context)
+    /// Tells every connection of this loop to drain. The future completes once every connection of this loop,
+    /// including any accepted from now on, is gone.
+    func drain() -> EventLoopFuture<Void> {
+        if let drained = self.drained { return drained.futureResult }
+        let drained = self.loop.makePromise(of: Void.self)
+        self.drained = drained
+        let now = NIODeadline.now()
+        for entry in Array(self.connections.values) {
+            entry.handler.drain(now: now, context: entry.context)
         }
-        return entries.map { $0.context.channel }
+        // From now on the sweep runs often enough to close each connection soon after its grace.
+        self.sweep?.cancel()
+        self.scheduleSweep()
+        if self.connections.isEmpty { drained.succeed() }
+        return drained.futureResult
+    }
+
+    /// The drain timeout passed: whatever is still open closes now.
+    func closeAll() {
+        for entry in Array(self.connections.values) {
+            entry.context.close(promise: nil)
+        }
     }
 
     private func scheduleSweep() {
-        self.sweep = self.loop.assumeIsolated().scheduleTask(in: self.interval) {
+        let interval = self.drained != nil ? min(self.interval, .milliseconds(50)) : self.interval
+        self.sweep = self.loop.assumeIsolated().scheduleTask(in: interval) {
             self.sweep = nil
             let now = NIODeadline.now()
             for entry in self.connections.values {
