@@ -153,7 +153,8 @@ public final class TLSContext: @unchecked Sendable {
         let context = TLSContext(
             pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
-        _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_CLIENT())  // returns the old mode
+        // The client keeps its session itself (TLSHandler.session): OpenSSL's client cache would only fill.
+        _ = shim_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))  // returns the old mode
         switch trustRoots {
         case .system:
             try check(SSL_CTX_set_default_verify_paths(ctx) == 1, "the system's trust store")

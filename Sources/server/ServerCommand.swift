@@ -88,15 +88,32 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
+    /// The largest values the flags take: beyond them a value is a typo or an attack on the process itself
+    /// (a message limit that overflows, a timeout that overflows NIO's clock, more threads than can start).
+    static let largestMessage = 1 << 30
+    static let longestTimeout: Double = 7 * 24 * 3600
+    static let mostThreads = 256
+
     func validate() throws {
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535") }
-        guard self.maxMessage >= 0 else { throw ValidationError("--max-message must not be negative") }
-        guard self.idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
-        guard self.messageTimeout > 0 else { throw ValidationError("--message-timeout must be positive") }
-        guard self.drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
-        guard self.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
-        guard self.threads > 0 else { throw ValidationError("--threads must be positive") }
-        guard self.handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be positive") }
+        guard (0...Self.largestMessage).contains(self.maxMessage) else {
+            throw ValidationError("--max-message must be 0...\(Self.largestMessage) (1 GiB)")
+        }
+        for (flag, value, zeroAllowed) in [
+            ("--idle-timeout", self.idleTimeout, false), ("--message-timeout", self.messageTimeout, false),
+            ("--drain-timeout", self.drainTimeout, true), ("--handshake-timeout", self.handshakeTimeout, false),
+        ] {
+            guard value.isFinite, zeroAllowed ? value >= 0 : value > 0, value <= Self.longestTimeout else {
+                throw ValidationError(
+                    "\(flag) must be \(zeroAllowed ? "0" : "more than 0") to \(Int(Self.longestTimeout)) seconds (a week)")
+            }
+        }
+        guard (1...10_000_000).contains(self.maxConnections) else {
+            throw ValidationError("--max-connections must be 1...10000000")
+        }
+        guard (1...Self.mostThreads).contains(self.threads) else {
+            throw ValidationError("--threads must be 1...\(Self.mostThreads)")
+        }
         if !self.tls, self.cert != nil || self.key != nil || self.clientCA != nil || self.clientAuth != .none {
             throw ValidationError("--cert, --key, --client-ca and --client-auth need --tls")
         }
@@ -106,6 +123,22 @@ struct ServerCommand: AsyncParsableCommand {
         if self.clientCA == nil && self.clientAuth != .none {
             throw ValidationError(
                 "--client-auth \(self.clientAuth.rawValue) needs --client-ca: the CA that signs client certificates")
+        }
+    }
+
+    /// A key anyone else on the machine can read is no longer a secret: say so (and keep serving).
+    private func checkKeyPermissions() {
+        let path = self.key ?? "certs/server.key"
+        var info = stat()
+        guard stat(path, &info) == 0 else { return }  // a missing key is reported by the TLS context
+        if info.st_mode & 0o077 != 0 {
+            Standard.error(
+                "server: warning: the key \(path) is readable by "
+                    + "\(info.st_mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(info.st_mode & 0o777, radix: 8))); "
+                    + "chmod 600 it")
+        }
+        if info.st_uid != geteuid() {
+            Standard.error("server: warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid())")
         }
     }
 
@@ -137,10 +170,11 @@ struct ServerCommand: AsyncParsableCommand {
     func run() async throws {
         let level = self.logLevel
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = QueuedLogHandler(label: label)
             handler.logLevel = level
             return handler
         }
+        defer { QueuedLogHandler.writer.flush() }
         var configuration = ServerConfiguration()
         if !self.host.isEmpty { configuration.hosts = self.host }
         configuration.port = self.port
@@ -153,6 +187,7 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.threads = self.threads
         configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
         if self.tls {
+            self.checkKeyPermissions()
             do {
                 configuration.tls = try self.makeTLSContext()
             } catch {
@@ -222,143 +257,3 @@ extension Framing: ExpressibleByArgument {}
 extension TLSVersion: ExpressibleByArgument {}
 extension ClientAuthentication: ExpressibleByArgument {}
 
-/// The original's `receive: <message>` lines, written by a thread of their own.
-///
-/// Event loops only escape the message into a shared buffer (no allocation per message once it has grown);
-/// a printer thread writes it out. A slow or paused stdout (`server | less`) therefore never stalls the
-/// event loops: past 4 MiB of unwritten lines new ones are dropped, and the count of dropped lines is printed.
-final class ReceiveLog: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var pending: [UInt8] = []
-    private var dropped = 0
-    private var writing = false
-    private static let limit = 4 << 20
-    private static let prefix = Array("receive: ".utf8)
-
-    init() {
-        self.pending.reserveCapacity(64 * 1024)
-        Thread { [self] in self.run() }.start()
-    }
-
-    func print(_ message: ByteBuffer) {
-        self.condition.lock()
-        defer { self.condition.unlock() }
-        guard self.pending.count < Self.limit else {
-            self.dropped += 1
-            return
-        }
-        self.pending.append(contentsOf: Self.prefix)
-        message.withUnsafeReadableBytes { bytes in
-            Escaping.appendPrintable(bytes.bindMemory(to: UInt8.self), to: &self.pending)
-        }
-        self.pending.append(UInt8(ascii: "\n"))
-        self.condition.broadcast()  // the printer, or a flush waiting for it
-    }
-
-    /// Waits until every line printed so far is written (before the process exits).
-    func flush() {
-        self.condition.lock()
-        while !self.pending.isEmpty || self.writing {
-            self.condition.wait()
-        }
-        self.condition.unlock()
-    }
-
-    private func run() {
-        var out: [UInt8] = []
-        out.reserveCapacity(64 * 1024)
-        while true {
-            self.condition.lock()
-            while self.pending.isEmpty && self.dropped == 0 {
-                self.condition.wait()
-            }
-            swap(&out, &self.pending)
-            let dropped = self.dropped
-            self.dropped = 0
-            self.writing = true
-            self.condition.unlock()
-
-            Standard.write(out, to: 1)
-            if dropped > 0 {
-                Standard.write(Array("receive: (\(dropped) lines not shown: stdout is not keeping up)\n".utf8), to: 1)
-            }
-            out.removeAll(keepingCapacity: true)
-
-            self.condition.lock()
-            self.writing = false
-            self.condition.broadcast()
-            self.condition.unlock()
-        }
-    }
-}
-
-enum Standard {
-    static func error(_ text: String) {
-        Self.write(Array((text + "\n").utf8), to: 2)
-    }
-
-    static func write(_ bytes: [UInt8], to fd: Int32) {
-        bytes.withUnsafeBytes { raw in
-            guard let base = raw.baseAddress else { return }
-            var offset = 0
-            while offset < raw.count {
-                let n = Glibc.write(fd, base + offset, raw.count - offset)
-                if n <= 0 {
-                    if n < 0 && errno == EINTR { continue }
-                    return
-                }
-                offset += n
-            }
-        }
-    }
-}
-
-/// The write end of the self-pipe the signal handler writes to. Set once, before any handler is installed.
-nonisolated(unsafe) private var signalPipeWriteEnd: Int32 = -1
-
-/// Turns SIGINT and SIGTERM into something to await.
-///
-/// The handler is installed synchronously with `sigaction` and only writes the signal's number to a pipe
-/// (async-signal-safe), so a signal that arrives right after start-up is never lost nor fatal; a thread
-/// reads the pipe and hands each signal to whoever awaits `next()`.
-final class SignalWaiter: Sendable {
-    private let stream: AsyncStream<Int32>
-
-    init(_ signals: Int32...) {
-        let (stream, continuation) = AsyncStream<Int32>.makeStream()
-        self.stream = stream
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { fatalError("cannot create the signal pipe: \(errno)") }
-        signalPipeWriteEnd = fds[1]
-        let readEnd = fds[0]
-        for number in signals {
-            var action = sigaction()
-            action.__sigaction_handler.sa_handler = { number in
-                var byte = UInt8(truncatingIfNeeded: number)
-                _ = Glibc.write(signalPipeWriteEnd, &byte, 1)
-            }
-            sigemptyset(&action.sa_mask)
-            action.sa_flags = SA_RESTART
-            sigaction(number, &action, nil)
-        }
-        let thread = Thread {
-            var byte: UInt8 = 0
-            while true {
-                let n = Glibc.read(readEnd, &byte, 1)
-                if n == 1 {
-                    continuation.yield(Int32(byte))
-                } else if n < 0 && errno == EINTR {
-                    continue
-                } else {
-                    return
-                }
-            }
-        }
-        thread.start()
-    }
-
-    func next() async -> Int32 {
-        var iterator = self.stream.makeAsyncIterator()
-        return await iterator.next() ?? SIGTERM
-    }
-}

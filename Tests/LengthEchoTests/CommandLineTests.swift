@@ -107,6 +107,34 @@ struct CommandLineTests {
         #expect(mismatched.stderr.contains("does not match the certificate"))
     }
 
+    @Test("extreme flag values are refused with a message instead of trapping later")
+    func extremeFlags() async throws {
+        for flags in [
+            ["--max-message", "9223372036854775807"], ["--idle-timeout", "inf"], ["--idle-timeout", "1e12"],
+            ["--message-timeout", "nan"], ["--threads", "100000"], ["--drain-timeout", "-1"],
+        ] {
+            let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0"] + flags)
+            #expect(await server.exitStatus() != 0, "\(flags)")
+            #expect(server.stderr.contains(flags[0]), "\(flags): \(server.stderr)")
+            #expect(!server.stderr.contains("Fatal error"), "\(flags): \(server.stderr)")
+        }
+    }
+
+    @Test("a key readable by others gets a warning at start")
+    func keyPermissions() async throws {
+        let certificates = try await TestCertificates.main.value
+        let directory = NSTemporaryDirectory() + "length-echo-open-key-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let key = directory + "/server.key"
+        try FileManager.default.copyItem(atPath: certificates.serverKey, toPath: key)
+        chmod(key, 0o644)
+        let (server, _) = try await self.startServer(["--tls", "--cert", certificates.serverCertificate, "--key", key])
+        #expect(server.stderr.contains("warning: the key \(key) is readable by everyone (mode 644); chmod 600 it"))
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+    }
+
     @Test("gen-certs.sh --force writes each key to a new 0600 file, never into the old file; it refuses symlinks")
     func generateCertificatesSafely() async throws {
         let directory = NSTemporaryDirectory() + "length-echo-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import LengthEchoCore
 import LengthEchoTLS
 import Logging
@@ -287,8 +290,19 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.logger.info("connection error: \(error)", metadata: self.logMetadata)
+        // A peer that resets or vanishes is routine: not worth an info line each.
+        self.logger.log(
+            level: Self.isRoutine(error) ? .debug : .info,
+            "connection error: \(error)",
+            metadata: self.logMetadata
+        )
         context.close(promise: nil)
+    }
+
+    private static func isRoutine(_ error: any Error) -> Bool {
+        if let error = error as? IOError { return error.errnoCode == ECONNRESET || error.errnoCode == EPIPE }
+        if let error = error as? TLSError { return error.kind == .uncleanShutdown }
+        return false
     }
 
     private var logMetadata: Logger.Metadata {
