@@ -44,12 +44,21 @@ struct TLSHandlerTests {
         private var held: [(NIOAny, EventLoopPromise<Void>?)] = []
         private var context: ChannelHandlerContext?
         func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
         func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-            self.held.append((data, promise))
+            if self.context == nil {
+                context.write(data, promise: promise)  // released: a socket that caught up
+            } else {
+                self.held.append((data, promise))
+            }
         }
-        func flush(context: ChannelHandlerContext) {}
+        func flush(context: ChannelHandlerContext) {
+            if self.context == nil { context.flush() }
+        }
+        /// Sends what was held, in order, and from then on holds nothing.
         func release() {
             guard let context = self.context else { return }
+            self.context = nil
             for (data, promise) in self.held { context.write(data, promise: promise) }
             self.held = []
             context.flush()
