@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 // Linux only: the TLS layer links the system OpenSSL (Debian's libssl-dev) and the server uses Linux socket
@@ -126,3 +127,25 @@ let package = Package(
         ),
     ]
 )
+
+// Fuzz targets (libFuzzer), only when asked: `scripts/fuzz.sh` builds them with LENGTH_ECHO_FUZZ=1 and
+// `-sanitize=fuzzer,address`; each entry point hands its callback to libFuzzer's driver. A normal build never
+// sees them.
+if ProcessInfo.processInfo.environment["LENGTH_ECHO_FUZZ"] != nil {
+    package.targets.append(.target(name: "CFuzzer", path: "Fuzz/CFuzzer"))
+    for name in ["FuzzFramer", "FuzzReplyParser", "FuzzTLS"] {
+        package.targets.append(
+            .executableTarget(
+                name: name,
+                dependencies: [
+                    "CFuzzer",
+                    "LengthEchoCore",
+                    "LengthEchoTLS",
+                    .product(name: "NIOCore", package: "swift-nio"),
+                    .product(name: "NIOEmbedded", package: "swift-nio"),
+                ],
+                path: "Fuzz/\(name)"
+            )
+        )
+    }
+}

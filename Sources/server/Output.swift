@@ -65,7 +65,8 @@ final class LineWriter: @unchecked Sendable {
 
             Standard.write(out, to: self.fd)
             if dropped > 0 {
-                Standard.write(Array("\(self.droppedNote.replacingOccurrences(of: "N", with: "\(dropped)"))\n".utf8), to: self.fd)
+                Standard.write(
+                    Array("\(self.droppedNote.replacingOccurrences(of: "N", with: "\(dropped)"))\n".utf8), to: self.fd)
             }
             out.removeAll(keepingCapacity: true)
 
@@ -147,4 +148,3 @@ enum Standard {
         }
     }
 }
-

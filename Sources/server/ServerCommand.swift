@@ -105,7 +105,8 @@ struct ServerCommand: AsyncParsableCommand {
         ] {
             guard value.isFinite, zeroAllowed ? value >= 0 : value > 0, value <= Self.longestTimeout else {
                 throw ValidationError(
-                    "\(flag) must be \(zeroAllowed ? "0" : "more than 0") to \(Int(Self.longestTimeout)) seconds (a week)")
+                    "\(flag) must be \(zeroAllowed ? "0" : "more than 0") to \(Int(Self.longestTimeout)) seconds (a week)"
+                )
             }
         }
         guard (1...10_000_000).contains(self.maxConnections) else {
@@ -138,7 +139,8 @@ struct ServerCommand: AsyncParsableCommand {
                     + "chmod 600 it")
         }
         if info.st_uid != geteuid() {
-            Standard.error("server: warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid())")
+            Standard.error(
+                "server: warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid())")
         }
     }
 
@@ -256,4 +258,3 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 extension Framing: ExpressibleByArgument {}
 extension TLSVersion: ExpressibleByArgument {}
 extension ClientAuthentication: ExpressibleByArgument {}
-

@@ -53,7 +53,7 @@ struct DrainTests {
                         } catch LengthEchoError.connectionRefused {
                             outcomes.refused.add(1, ordering: .relaxed)  // persistent: reconnecting after the last reply
                             return
-                        } catch where (persistent || !tls) && Self.resetInBacklog(error) {
+                        } catch  where (persistent || !tls) && Self.resetInBacklog(error) {
                             // Persistent: the reconnection after the last reply was in the backlog. Plaintext: a
                             // connect succeeds in the backlog too, so a reset there looks like this from here.
                             outcomes.refused.add(1, ordering: .relaxed)
@@ -94,7 +94,9 @@ struct DrainTests {
         }
     }
 
-    @Test("per-request load, plaintext and TLS: every accepted connection's message is answered", arguments: [false, true])
+    @Test(
+        "per-request load, plaintext and TLS: every accepted connection's message is answered",
+        arguments: [false, true])
     func perRequest(tls: Bool) async throws {
         let outcomes = try await self.load(tls: tls, persistent: false)
         let other = outcomes.other.withLock { $0 }

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import LengthEchoCore
 import LengthEchoTLS
 import Logging
 import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One connection's side of the protocol: the tutorial's `read()` and `write()`, made real.
 ///
@@ -330,7 +331,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         case .serving:
             if let stalled = self.stalledSince {
                 if now >= stalled + self.idleTimeout {
-                    self.abort(context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s")
+                    self.abort(
+                        context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s")
                 }
             } else if let started = self.messageStarted {
                 if now >= started + self.messageTimeout {

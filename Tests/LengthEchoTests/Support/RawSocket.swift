@@ -21,7 +21,9 @@ final class RawSocket: @unchecked Sendable {
 
     /// `socket()` and `connect()` to 127.0.0.1 (or ::1), with every later read and write bounded.
     /// `receiveBuffer` shrinks the socket's receive buffer (before connecting, so the window is small too).
-    static func connect(port: Int, ipv6: Bool = false, timeout: Double = 10, receiveBuffer: Int32? = nil) throws
+    static func connect(
+        port: Int, ipv6: Bool = false, timeout: Double = 10, receiveBuffer: Int32? = nil
+    ) throws
         -> RawSocket
     {
         let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
