@@ -51,7 +51,8 @@ struct DrainTests {
                             _ = try await client.send(bytes("m"))
                             outcomes.answered.add(1, ordering: .relaxed)
                         } catch LengthEchoError.connectionRefused {
-                            outcomes.refused.add(1, ordering: .relaxed)  // persistent: reconnecting after the last reply
+                            // Persistent: reconnecting after the last reply.
+                            outcomes.refused.add(1, ordering: .relaxed)
                             return
                         } catch  where (persistent || !tls) && Self.resetInBacklog(error) {
                             // Persistent: the reconnection after the last reply was in the backlog. Plaintext: a
