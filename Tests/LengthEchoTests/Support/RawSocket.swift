@@ -147,6 +147,13 @@ final class RawSocket: @unchecked Sendable {
         return offset
     }
 
+    /// Makes the close (when this socket is released) a reset rather than a FIN (SO_LINGER 0), as a peer that
+    /// crashes or is killed does.
+    func resetOnClose() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(self.fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    }
+
     /// Linux's POLLRDHUP (the peer shut its write side), which Glibc exports only under _GNU_SOURCE.
     private static let pollReadHangUp: Int16 = 0x2000
 
@@ -162,6 +169,23 @@ final class RawSocket: @unchecked Sendable {
             if n <= 0 { return false }
             return entry.revents & (Self.pollReadHangUp | Int16(POLLHUP | POLLERR)) != 0
         }
+    }
+
+    /// Waits until the server has closed the connection altogether, not only its write side (a server that
+    /// refuses a peer shuts its write side, then lingers reading for a while). After the FIN, a byte every
+    /// 0.1 s finds out: once the server's socket is gone, the kernel answers it with a reset.
+    func waitForServerGone(seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        guard self.waitForPeerClose(seconds: seconds) else { return false }
+        while Date() < deadline {
+            var entry = pollfd(fd: self.fd, events: 0, revents: 0)
+            if poll(&entry, 1, 0) > 0, entry.revents & Int16(POLLERR | POLLHUP) != 0 { return true }
+            let sent = [UInt8(0x7A)].withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress, 1, Int32(MSG_NOSIGNAL)) }
+            if sent < 0 { return true }
+            entry = pollfd(fd: self.fd, events: 0, revents: 0)
+            if poll(&entry, 1, 100) > 0, entry.revents & Int16(POLLERR | POLLHUP) != 0 { return true }
+        }
+        return false
     }
 
     /// Whether a reply (or anything) is waiting to be read within `seconds`.

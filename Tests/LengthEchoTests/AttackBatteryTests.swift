@@ -1,0 +1,183 @@
+import Foundation
+import LengthEcho
+import LengthEchoCore
+import LengthEchoTLS
+import LengthEchoTestSupport
+import Testing
+
+/// The attack battery, against the `server` executable: every slot filled by one kind of cheap peer at a time.
+/// For each kind, every slot is freed within a stated bound, a normal client is then served at once, the
+/// server's file descriptors return to where they started, and its memory settles near where it started.
+@Suite("Attack battery: cheap peers in every slot", .serialized, .timeLimit(.minutes(3)))
+struct AttackBatteryTests {
+    /// Slots, and the limits that bound each kind of peer.
+    static let slots = 4
+    static let bound: Double = 6  // seconds: the longest limit below (2 s linger) plus the sweep and slack
+
+    enum Kind: String, CaseIterable, Sendable {
+        case idle = "idle sockets"
+        case stalledMidMessage = "half a message, then silence"
+        case trickle = "one byte every 0.2 s"
+        case nonReader = "large messages, never reading"
+        case resetMidMessage = "a reset in the middle of a message"
+        case unterminated = "16 MB without a terminator"
+        case garbageRecord = "a TLS record of garbage"
+        case halfClientHello = "half a ClientHello"
+        case plaintextOnTLS = "plaintext on the TLS port"
+        case resetMidHandshake = "a reset in the middle of the handshake"
+
+        var needsTLS: Bool {
+            switch self {
+            case .garbageRecord, .halfClientHello, .plaintextOnTLS, .resetMidHandshake: true
+            default: false
+            }
+        }
+    }
+
+    private static func openDescriptors(_ pid: pid_t) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+    }
+
+    private static func residentKiB(_ pid: pid_t) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+    }
+
+    /// One cheap peer of `kind`, doing its thing; returns whether the server closed it within the bound
+    /// (for peers that close themselves, true).
+    private static func cheapPeer(_ kind: Kind, port: Int) throws -> Bool {
+        switch kind {
+        case .idle:
+            return try RawSocket.connect(port: port).waitForServerGone(seconds: bound)
+        case .stalledMidMessage:
+            let peer = try RawSocket.connect(port: port)
+            try peer.write("half a mess")
+            return peer.waitForServerGone(seconds: bound)
+        case .trickle:
+            let peer = try RawSocket.connect(port: port)
+            for _ in 0..<Int(bound / 0.2) {
+                if (try? peer.write([0x61])) == nil || peer.waitForPeerClose(seconds: 0.2) { break }
+            }
+            return peer.waitForServerGone(seconds: bound)
+        case .nonReader:
+            let peer = try RawSocket.connect(port: port, receiveBuffer: 4096)
+            let message = [UInt8](repeating: 0x61, count: 60_000) + [0]
+            for _ in 0..<200 where peer.writeWithoutBlocking(message) == message.count {}
+            return peer.waitForServerGone(seconds: bound)
+        case .resetMidMessage:
+            let peer = try RawSocket.connect(port: port)
+            try peer.write("cut short")
+            peer.resetOnClose()
+            return true
+        case .unterminated:
+            let peer = try RawSocket.connect(port: port)
+            let chunk = [UInt8](repeating: 0x62, count: 1 << 20)
+            for _ in 0..<16 where peer.writeWithoutBlocking(chunk) == chunk.count {}
+            return peer.waitForServerGone(seconds: bound)
+        case .garbageRecord:
+            let peer = try RawSocket.connect(port: port)
+            try peer.write([0x16, 0x03, 0x01, 0x00, 0x20] + [UInt8](repeating: 0xEE, count: 32))
+            return peer.waitForServerGone(seconds: bound)
+        case .halfClientHello:
+            let peer = try RawSocket.connect(port: port)
+            try peer.write([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03])
+            return peer.waitForServerGone(seconds: bound)
+        case .plaintextOnTLS:
+            let peer = try RawSocket.connect(port: port)
+            try peer.write("hello\0")
+            return peer.waitForServerGone(seconds: bound)
+        case .resetMidHandshake:
+            let peer = try RawSocket.connect(port: port)
+            try peer.write([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            peer.resetOnClose()
+            return true
+        }
+    }
+
+    /// The server executable with small limits, its PID and port.
+    private static func startExecutable(tls: Bool) async throws -> (Executable, Int) {
+        let certificates = try await TestCertificates.main.value
+        let flags = [
+            "--host", "127.0.0.1", "--port", "0", "--quiet", "--max-connections", "\(Self.slots)", "--idle-timeout",
+            "0.5",
+            "--message-timeout", "1", "--handshake-timeout", "0.5", "--max-message", "65536",
+        ]
+        let server = try Executable(
+            "server",
+            flags + (tls ? ["--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey] : [])
+        )
+        await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
+        let port = try #require(
+            server.stderr.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }.flatMap {
+                Int($0.split(separator: ":")[1])
+            }
+        )
+        return (server, port)
+    }
+
+    @Test(
+        "each kind of cheap peer in every slot loses them within the bound; then a normal client is served",
+        arguments: [false, true])
+    func battery(tls: Bool) async throws {
+        let certificates = try await TestCertificates.main.value
+        let (server, port) = try await Self.startExecutable(tls: tls)
+        var configuration = ClientConfiguration(port: port)
+        if tls {
+            configuration.tls = try certificates.clientContext()
+            configuration.serverName = "localhost"
+        }
+        // Warm up: the event loops' buffers exist before the baseline is taken.
+        let warmup = LengthEchoClient(configuration: configuration)
+        #expect(try await warmup.send(bytes("warm")).text == "4 : warm")
+        await warmup.close()
+        let descriptors = Self.openDescriptors(server.pid)
+        let memory = Self.residentKiB(server.pid)
+
+        for kind in Kind.allCases where kind.needsTLS == tls || !kind.needsTLS && !tls {
+            let started = Date()
+            let freed = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for _ in 0..<Self.slots {
+                    group.addTask { try await blocking { try Self.cheapPeer(kind, port: port) } }
+                }
+                var all = true
+                for try await closed in group { all = all && closed }
+                return all
+            }
+            #expect(freed, "\(kind.rawValue): a peer still held its slot after \(Self.bound) s")
+            // Every slot is free again: a normal client is served at once.
+            let client = LengthEchoClient(configuration: configuration)
+            #expect(try await client.send(bytes("normal")).text == "6 : normal", "\(kind.rawValue)")
+            await client.close()
+            #expect(Date().timeIntervalSince(started) < Self.bound + 2, "\(kind.rawValue)")
+            #expect(Self.openDescriptors(server.pid) <= descriptors, "\(kind.rawValue): descriptors left open")
+        }
+        // Memory settles near where it started (the 16 MB peers never got past the 64 KiB limit).
+        let after = Self.residentKiB(server.pid)
+        #expect(after - memory < 32 * 1024, "resident memory grew from \(memory) KiB to \(after) KiB")
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+    }
+
+    @Test("a connect flood is refused with `server busy` beyond the cap, and the server serves again after it")
+    func connectFlood() async throws {
+        let server = try await startServer {
+            $0.maximumConnections = Self.slots
+            $0.idleTimeout = .milliseconds(500)
+        }
+        let port = server.port
+        let refused = try await blocking { () -> Int in
+            var sockets: [RawSocket] = []
+            for _ in 0..<200 { sockets.append(try RawSocket.connect(port: port)) }
+            // Those over the cap are answered `error: server busy` and closed; the rest are idle.
+            return sockets.filter {
+                ($0.readable(within: 2) ? (try? $0.readReplyText()) ?? nil : nil)?.contains("server busy") == true
+            }.count
+        }
+        #expect(refused >= 200 - Self.slots)
+        let client = LengthEchoClient(configuration: ClientConfiguration(port: port))
+        #expect(try await client.send(bytes("after the flood")).text == "15 : after the flood")
+        await client.close()
+        await server.shutdown()
+    }
+}
