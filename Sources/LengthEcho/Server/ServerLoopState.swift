@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import LengthEchoCore
 import NIOCore
 
@@ -14,6 +17,8 @@ final class ServerLoopState {
     private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] =
         [:]
     private var sweep: Scheduled<Void>?
+    /// The most connections this loop held since memory was last given back.
+    private var peak = 0
     /// Set once the server drains: completed when the last connection of this loop is gone.
     private var drained: EventLoopPromise<Void>?
     private let loop: any EventLoop
@@ -34,6 +39,7 @@ final class ServerLoopState {
 
     func watch(_ handler: LengthEchoServerHandler, context: ChannelHandlerContext) {
         self.connections[ObjectIdentifier(handler)] = (handler, context)
+        self.peak = max(self.peak, self.connections.count)
         if self.sweep == nil { self.scheduleSweep() }
         // Accepted while the server drains (it was in flight when the listeners closed): served like the rest.
         if self.drained != nil { handler.drain(now: .now(), context: context) }
@@ -76,7 +82,22 @@ final class ServerLoopState {
             for entry in self.connections.values {
                 entry.handler.checkDeadlines(now: now, context: entry.context)
             }
+            self.giveBackMemoryAfterAFlood()
             if !self.connections.isEmpty { self.scheduleSweep() }
         }
     }
+
+    /// After a flood (thousands of connections, most of them gone), hands the freed memory back to the system:
+    /// glibc keeps it in its arenas otherwise, and the process stays as large as the flood made it.
+    private func giveBackMemoryAfterAFlood() {
+        guard self.peak >= 1000, self.connections.count < self.peak / 4 else { return }
+        self.peak = self.connections.count
+        _ = Self.mallocTrim?(0)
+    }
+
+    /// glibc's `malloc_trim`, which Swift's Glibc module does not export; nil where there is none.
+    private static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
+    }()
 }
