@@ -107,6 +107,32 @@ struct CommandLineTests {
         #expect(mismatched.stderr.contains("does not match the certificate"))
     }
 
+    @Test("SIGHUP every 0.5 s during a TLS per-request load fails no handshake")
+    func reloadUnderLoad() async throws {
+        let certificates = try await TestCertificates.main.value
+        let (server, port) = try await self.startServer([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey,
+        ])
+        let bench = try Executable(
+            "bench",
+            [
+                "--port", "\(port)", "--tls", "--ca", certificates.ca, "--server-name", "localhost", "--mode",
+                "per-request", "-c", "8", "--threads", "1", "--duration", "3", "--warmup", "0", "--json",
+            ]
+        )
+        // The reloads are the scenario: one every 0.5 s while the load runs.
+        for _ in 0..<5 where bench.isRunning {
+            try await Task.sleep(for: .milliseconds(500))
+            kill(server.pid, SIGHUP)
+        }
+        #expect(await bench.exitStatus() == 0, "\(bench.stderr)")
+        #expect(bench.stdout.contains("\"errors\":{}"), "\(bench.stdout)")
+        #expect(!bench.stdout.contains("\"handshakes\":0,"), "\(bench.stdout)")
+        await server.wait { $0.stderr.components(separatedBy: "reloaded the certificate").count > 5 || !$0.isRunning }
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+    }
+
     @Test("extreme flag values are refused with a message instead of trapping later")
     func extremeFlags() async throws {
         for flags in [
