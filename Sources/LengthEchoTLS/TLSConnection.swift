@@ -35,6 +35,8 @@ final class TLSConnection {
     /// The ciphertext both ways; the `SSL` reads and writes it through a BIO made over it.
     private let io = ByteBufferBIO()
     let isServer: Bool
+    /// The context the `SSL` came from, kept alive with it (its ticket keys are used during the connection).
+    private let context: TLSContext
     /// Client role: whether a client certificate is configured (for the cause of a refusal).
     private let hasCertificate: Bool
     /// The host name or address the client connected to and verifies (client role).
@@ -54,6 +56,7 @@ final class TLSConnection {
         }
         SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO now
         self.ssl = ssl
+        self.context = context
         self.isServer = context.isServer
         self.hasCertificate = context.hasCertificate
         self.expectedHost = expectedHost

@@ -55,8 +55,18 @@ public final class TLSContext: @unchecked Sendable {
         "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
     ].joined(separator: ":")
 
-    private init(pointer: OpaquePointer, isServer: Bool, verifiesPeer: Bool, hasCertificate: Bool) {
+    /// Server role: the rotating session-ticket keys, which OpenSSL's ticket callback finds in the context.
+    private let ticketKeys: TicketKeys?
+
+    private init(
+        pointer: OpaquePointer,
+        isServer: Bool,
+        verifiesPeer: Bool,
+        hasCertificate: Bool,
+        ticketKeys: TicketKeys? = nil
+    ) {
         self.pointer = pointer
+        self.ticketKeys = ticketKeys
         self.isServer = isServer
         self.verifiesPeer = verifiesPeer
         self.hasCertificate = hasCertificate
@@ -71,15 +81,25 @@ public final class TLSContext: @unchecked Sendable {
         SSL_new(self.pointer)
     }
 
+    /// Server role: starts a new session-ticket key now (the previous one still accepted). Tests use it; a
+    /// deployment's keys rotate by age.
+    func rotateTicketKeys() {
+        self.ticketKeys?.rotate()
+    }
+
     /// A server context: TLS 1.2 and 1.3 (or 1.3 only), the intermediate ciphers, no renegotiation, no
     /// compression, session tickets and a session cache for resumption.
+    ///
+    /// - Parameter ticketKeyLifetime: how long one session-ticket key issues tickets before the next takes
+    ///   over (its tickets are still accepted, and renewed, for as long again).
     public static func server(
         certificateChain: String,
         privateKey: String,
         clientCA: String? = nil,
         clientAuthentication: ClientAuthentication = .none,
         minimumVersion: TLSVersion = .tls12,
-        maximumVersion: TLSVersion = .tls13
+        maximumVersion: TLSVersion = .tls13,
+        ticketKeyLifetime: Duration = .seconds(12 * 3600)
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
@@ -88,9 +108,21 @@ public final class TLSContext: @unchecked Sendable {
                 "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))"
             )
         }
+        guard let ticketKeys = TicketKeys(lifetime: ticketKeyLifetime) else {
+            SSL_CTX_free(ctx)
+            throw TLSError(.configuration, "cannot make a session-ticket key: no random bytes")
+        }
         let context = TLSContext(
-            pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true)
+            pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true,
+            ticketKeys: ticketKeys)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
+        // Tickets under rotating keys (TicketKeys) rather than one key for the life of the process. The keys
+        // object lives as long as the context, whose SSLs keep it (TLSConnection holds its context).
+        try check(
+            SSL_CTX_set_ex_data(ctx, 0, Unmanaged.passUnretained(ticketKeys).toOpaque()) == 1,
+            "the session-ticket keys"
+        )
+        try check(SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback) == 1, "the session-ticket callback")
         // One TLS 1.3 ticket per handshake instead of OpenSSL's two: a client resumes with one, and each
         // ticket costs the server an encryption (about 3% of a full handshake here).
         try check(SSL_CTX_set_num_tickets(ctx, 1) == 1, "the number of session tickets")

@@ -1,8 +1,9 @@
+import LengthEchoCore
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import LengthEchoCore
-import NIOCore
 
 /// What the connections of one event loop share: scratch buffers, the refusals written to a peer that
 /// cannot be served, and one sweep of deadlines instead of a timer per connection. (Cancelling one of NIO's
