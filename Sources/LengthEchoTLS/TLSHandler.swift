@@ -57,6 +57,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     let shutdownTimeout: TimeAmount
     private let logger: Logger?
     private let peer: ConnectionPeer?
+    /// The loop's budget of log lines per second, when the pipeline's owner shares one.
+    private let logBudget: LogBudget?
     /// Server role: what to send a client that speaks plaintext to this port (nil: close without a word).
     private let plaintextRefusal: ByteBuffer?
     /// This event loop's reusable buffers, when the pipeline's owner provides them.
@@ -83,7 +85,8 @@ public final class TLSHandler: ChannelDuplexHandler {
         plaintextRefusal: ByteBuffer? = nil,
         buffers: LoopBuffers? = nil,
         peer: ConnectionPeer? = nil,
-        logger: Logger? = nil
+        logger: Logger? = nil,
+        logBudget: LogBudget? = nil
     ) throws(TLSError) {
         self.connection = try TLSConnection(context: context, expectedHost: expectedHost, session: session)
         self.handshakeTimeout = handshakeTimeout
@@ -93,6 +96,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.buffers = buffers
         self.peer = peer
         self.logger = logger
+        self.logBudget = logBudget
     }
 
     /// Client role: the session to resume on the next connection. With TLS 1.3 it arrives after the handshake,
@@ -202,7 +206,14 @@ public final class TLSHandler: ChannelDuplexHandler {
     }
 
     private func log(_ level: Logger.Level, _ message: Logger.Message) {
-        guard let logger = self.logger else { return }
+        guard let logger = self.logger, logger.logLevel <= level else { return }
+        if let budget = self.logBudget,
+            !budget.allow(report: { count in
+                logger.notice("\(count) lines about connections were not logged in the last second (too many)")
+            })
+        {
+            return
+        }
         logger.log(level: level, message, metadata: self.peer.map { $0.metadata.mapValues { .string($0) } })
     }
 

@@ -185,6 +185,18 @@ struct ProtocolTests {
         #expect(Framing.line.problem(sending: bytes("a\0\rb")) == nil)
     }
 
+    @Test("the log budget lets a few lines a second through and reports how many it held back")
+    func logBudget() {
+        let budget = LogBudget(perSecond: 3)
+        let start = NIODeadline.uptimeNanoseconds(5_000_000_000)
+        var reported: [Int] = []
+        let allowed = (0..<10).filter { _ in budget.allow(now: start) { reported.append($0) } }.count
+        #expect(allowed == 3)
+        #expect(reported.isEmpty)
+        #expect(budget.allow(now: start + .milliseconds(1_001)) { reported.append($0) })
+        #expect(reported == [7])
+    }
+
     @Test("a server's error text is escaped before it can reach a terminal")
     func serverErrorEscaped() {
         let error = LengthEchoError.serverError("busy\u{1B}[2J\nreceive: forged")

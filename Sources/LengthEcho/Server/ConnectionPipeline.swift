@@ -29,7 +29,8 @@ enum ConnectionPipeline {
                     plaintextRefusal: loopState.plaintextRefusal,
                     buffers: loopState.buffers,
                     peer: peer,
-                    logger: configuration.logger
+                    logger: configuration.logger,
+                    logBudget: loopState.logBudget
                 )
             )
         }

@@ -268,10 +268,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private func reject(context: ChannelHandlerContext, reason: String) {
         self.state = .rejecting
         self.framer.discard()
-        self.logger.notice(
-            "closing connection: \(reason)",
-            metadata: self.logMetadata
-        )
+        self.log(.notice, "closing connection: \(reason)")
         Reply.write(error: reason, framing: self.framing, into: &self.replies)
         let out = self.replies
         self.replies = self.empty
@@ -285,18 +282,14 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     /// Closes at once, without a word: the peer cannot or will not take one.
     private func abort(context: ChannelHandlerContext, reason: String) {
-        self.logger.notice("closing connection: \(reason)", metadata: self.logMetadata)
+        self.log(.notice, "closing connection: \(reason)")
         self.framer.discard()
         context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A peer that resets or vanishes is routine: not worth an info line each.
-        self.logger.log(
-            level: Self.isRoutine(error) ? .debug : .info,
-            "connection error: \(error)",
-            metadata: self.logMetadata
-        )
+        self.log(Self.isRoutine(error) ? .debug : .info, "connection error: \(error)")
         context.close(promise: nil)
     }
 
@@ -306,8 +299,16 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         return false
     }
 
-    private var logMetadata: Logger.Metadata {
-        self.peer.metadata.mapValues { .string($0) }
+    /// One line about this connection, within the loop's budget of lines per second.
+    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message) {
+        guard self.logger.logLevel <= level else { return }
+        let logger = self.logger
+        guard
+            self.loopState.logBudget.allow(report: { count in
+                logger.notice("\(count) lines about connections were not logged in the last second (too many)")
+            })
+        else { return }
+        self.logger.log(level: level, message(), metadata: self.peer.metadata.mapValues { .string($0) })
     }
 
     // MARK: timeouts

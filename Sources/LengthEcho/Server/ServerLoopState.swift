@@ -11,6 +11,8 @@ import Glibc
 /// O(connections).)
 final class ServerLoopState {
     let buffers = LoopBuffers()
+    /// Lines about this loop's connections per second (a flood must not become a flood of log lines).
+    let logBudget = LogBudget()
     /// The answer to a plaintext client on a TLS port, in the protocol's own error form.
     let plaintextRefusal: ByteBuffer
     /// The answer to a connection over the connection cap.
