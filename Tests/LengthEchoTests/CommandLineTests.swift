@@ -133,6 +133,36 @@ struct CommandLineTests {
         #expect(await server.exitStatus() == 0)
     }
 
+    @Test(
+        "after 10,000 full TLS handshakes the server's memory is back near where it started",
+        .enabled(if: ProcessInfo.processInfo.environment["LENGTH_ECHO_SANITIZER"] == nil)  // too slow instrumented
+    )
+    func memoryAfterHandshakes() async throws {
+        let certificates = try await TestCertificates.main.value
+        let (server, port) = try await self.startServer([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey,
+        ])
+        func residentKiB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/\(server.pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+        }
+        let arguments = [
+            "--port", "\(port)", "--tls", "--ca", certificates.ca, "--server-name", "localhost", "--mode",
+            "per-request", "--no-resume", "-c", "50", "--threads", "1", "--warmup", "0",
+        ]
+        let warmup = try Executable("bench", arguments + ["--requests", "500"])
+        #expect(await warmup.exitStatus() == 0)
+        let before = residentKiB()
+        let load = try Executable("bench", arguments + ["--requests", "10000", "--json"])
+        #expect(await load.exitStatus() == 0, "\(load.stderr)")
+        #expect(load.stdout.contains("\"errors\":{}"), "\(load.stdout)")
+        let after = residentKiB()
+        #expect(after - before < 16 * 1024, "resident memory grew from \(before) KiB to \(after) KiB")
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+    }
+
     @Test("extreme flag values are refused with a message instead of trapping later")
     func extremeFlags() async throws {
         for flags in [
