@@ -254,9 +254,15 @@ struct ServerTests {
         await server.shutdown()
     }
 
+    /// Runs one step of a test, naming it in the error if it fails.
+    static func step<T>(_ name: String, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch { throw RawSocket.Failure(description: "\(name): \(error)") }
+    }
+
     @Test("shutdown drains: a message in flight is answered, idle connections close, then it stops")
     func drain() async throws {
-        let server = try await startServer()
+        // The drain timeout bounds the wait below, whatever the grace and the sweep do.
+        let server = try await startServer { $0.drainTimeout = .seconds(4) }
         let port = server.port
         let (busy, idle) = try await blocking {
             let busy = try RawSocket.connect(port: port)
@@ -270,10 +276,10 @@ struct ServerTests {
         }
         let shutdown = Task { await server.shutdown() }
         try await blocking {
-            #expect(try idle.readToEnd().isEmpty)  // closed by the drain: the drain has begun
+            #expect(try Self.step("idle closed") { try idle.readToEnd() }.isEmpty)  // the drain has begun
             try busy.write(bytes("ght\0"))
-            #expect(try busy.readReplyText() == "9 : in flight")
-            #expect(try busy.readToEnd().isEmpty)
+            #expect(try Self.step("in flight answered") { try busy.readReplyText() } == "9 : in flight")
+            #expect(try Self.step("busy closed") { try busy.readToEnd() }.isEmpty)
         }
         await shutdown.value
         #expect(server.connectionCount == 0)

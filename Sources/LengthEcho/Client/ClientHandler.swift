@@ -68,6 +68,12 @@ final class LengthEchoClientHandler: ChannelDuplexHandler {
             }
             guard let reply else { break }
             guard let waiter = self.waiting.popFirst() else {
+                // An `error:` line before anything was asked is the server refusing the connection itself (a
+                // busy server answers as it accepts): report it as the server's error.
+                if case .error(let reason)? = try? ParsedReply(bytes: reply.readableBytesView) {
+                    self.fail(LengthEchoError.serverError(reason), context: context)
+                    return
+                }
                 self.fail(
                     LengthEchoError.invalidReply(
                         ParsedReply.describe(Array(reply.readableBytesView)), reason: "nothing was asked"),
