@@ -130,6 +130,7 @@ struct AttackBatteryTests {
     func battery(tls: Bool) async throws {
         let certificates = try await TestCertificates.main.value
         let (server, port) = try await Self.startExecutable(tls: tls)
+        defer { server.terminate(signal: SIGKILL) }  // a test that throws must not leave the server running
         var configuration = ClientConfiguration(port: port)
         if tls {
             configuration.tls = try certificates.clientContext()

@@ -113,6 +113,7 @@ struct CommandLineTests {
         let (server, port) = try await self.startServer([
             "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey,
         ])
+        defer { server.terminate(signal: SIGKILL) }  // a test that throws must not leave it running
         let bench = try Executable(
             "bench",
             [
@@ -144,6 +145,7 @@ struct CommandLineTests {
         let (server, port) = try await self.startServer([
             "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey,
         ])
+        defer { server.terminate(signal: SIGKILL) }  // a test that throws must not leave it running
         func residentKiB() -> Int {
             let status = (try? String(contentsOfFile: "/proc/\(server.pid)/status", encoding: .utf8)) ?? ""
             let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
