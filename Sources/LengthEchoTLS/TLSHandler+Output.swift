@@ -73,15 +73,16 @@ extension TLSHandler {
         var promises: [EventLoopPromise<Void>] = []
         var done = 0
         if self.writes.hasFlushed {
-            let items = self.writes.items
+            // The items are read in place, never copied out: a second reference to the array would make the
+            // removal below copy it, an allocation per flush.
             if let scratch = self.buffers?.ciphertext {
                 // Records are written straight into the loop's reusable buffer.
                 var size = 0
-                for index in 0..<self.writes.flushed { size += items[index].data.readableBytes + 32 }
+                for index in 0..<self.writes.flushed { size += self.writes.items[index].data.readableBytes + 32 }
                 self.connection.offerOutputBuffer { scratch.take(capacity: size) }
             }
             writing: while done < self.writes.flushed {
-                let item = items[done]
+                let item = self.writes.items[done]
                 switch self.connection.write(item.data) {
                 case .done:
                     if let promise = item.promise { promises.append(promise) }
