@@ -207,13 +207,7 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     private func log(_ level: Logger.Level, _ message: Logger.Message) {
         guard let logger = self.logger, logger.logLevel <= level else { return }
-        if let budget = self.logBudget,
-            !budget.allow(report: { count in
-                logger.notice("\(count) lines about connections were not logged in the last second (too many)")
-            })
-        {
-            return
-        }
+        if let budget = self.logBudget, !budget.allow(logger: logger) { return }
         logger.log(level: level, message, metadata: self.peer.map { $0.metadata.mapValues { .string($0) } })
     }
 
@@ -367,5 +361,15 @@ public final class TLSHandler: ChannelDuplexHandler {
         }
         self.writes.failAll(ChannelError.ioOnClosedChannel)
         context.fireChannelInactive()
+    }
+}
+
+package extension LogBudget {
+    /// Whether a line about a connection may go to `logger` now; lines held back are counted there once the
+    /// next second begins. (Here, the lowest layer that logs, so the server and the TLS handler share it.)
+    func allow(logger: Logger) -> Bool {
+        self.allow { count in
+            logger.notice("\(count) lines about connections were not logged in the last second (too many)")
+        }
     }
 }

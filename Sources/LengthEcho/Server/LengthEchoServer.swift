@@ -143,12 +143,9 @@ public final class LengthEchoServer: Sendable {
                     // The child lives on the loop that accepted it, which owns this state.
                     let loopState = loopState.value
                     guard tracker.admit() else {
-                        let logger = configuration.logger
-                        if loopState.logBudget.allow(report: { count in
-                            logger.notice(
-                                "\(count) lines about connections were not logged in the last second (too many)")
-                        }) {
-                            logger.warning("refusing a connection: \(tracker.limit) connections are open, the limit")
+                        if loopState.logBudget.allow(logger: configuration.logger) {
+                            configuration.logger.warning(
+                                "refusing a connection: \(tracker.limit) connections are open, the limit")
                         }
                         try channel.pipeline.syncOperations.addHandler(
                             BusyRejectHandler(refusal: loopState.busyRefusal))

@@ -302,12 +302,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     /// One line about this connection, within the loop's budget of lines per second.
     private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message) {
         guard self.logger.logLevel <= level else { return }
-        let logger = self.logger
-        guard
-            self.loopState.logBudget.allow(report: { count in
-                logger.notice("\(count) lines about connections were not logged in the last second (too many)")
-            })
-        else { return }
+        guard self.loopState.logBudget.allow(logger: self.logger) else { return }
         self.logger.log(level: level, message(), metadata: self.peer.metadata.mapValues { .string($0) })
     }
 
