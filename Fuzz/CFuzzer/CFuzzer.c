@@ -1,2 +1,5 @@
-// Nothing here: the header declares libFuzzer's driver, which -sanitize=fuzzer links.
 #include "CFuzzer.h"
+
+int fuzz_main(int argc, char **argv, int (*callback)(const uint8_t *data, size_t size)) {
+    return LLVMFuzzerRunDriver(&argc, &argv, callback);
+}

@@ -3,22 +3,14 @@ import Foundation
 import LengthEchoCore
 import NIOCore
 
+// The entry point: libFuzzer's driver over this target's callback (see CFuzzer.h).
+exit(fuzz_main(CommandLine.argc, CommandLine.unsafeArgv) { data, size in data.map { fuzzFramer($0, size) } ?? 0 })
+
 /// The framer against a reference: the input, split by the terminator, is what comes out, however the
 /// bytes are cut into reads; a message over the limit is refused exactly where the reference says.
 ///
 /// Input: byte 0 picks the framing (bit 0) and the limit (the rest); byte 1 seeds the read sizes; the
 /// remaining bytes are the stream.
-// The entry point: libFuzzer's driver, with this target's callback (SwiftPM names the executable's entry point
-// itself, so libFuzzer's own `main` is not the one that runs).
-var arguments = CommandLine.argc
-var argumentValues: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(
-    LLVMFuzzerRunDriver(&arguments, &argumentValues) { data, size in
-        guard let data else { return 0 }
-        return fuzzFramer(data, size)
-    }
-)
-
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzFramer(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size >= 2 else { return 0 }

@@ -3,19 +3,11 @@ import Foundation
 import LengthEchoCore
 import NIOCore
 
+// The entry point: libFuzzer's driver over this target's callback (see CFuzzer.h).
+exit(fuzz_main(CommandLine.argc, CommandLine.unsafeArgv) { data, size in data.map { fuzzReplyParser($0, size) } ?? 0 })
+
 /// The reply parser on arbitrary bytes: it never traps, and whatever it accepts as an echo is exactly what
 /// the encoder would have written for that message.
-// The entry point: libFuzzer's driver, with this target's callback (SwiftPM names the executable's entry point
-// itself, so libFuzzer's own `main` is not the one that runs).
-var arguments = CommandLine.argc
-var argumentValues: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(
-    LLVMFuzzerRunDriver(&arguments, &argumentValues) { data, size in
-        guard let data else { return 0 }
-        return fuzzReplyParser(data, size)
-    }
-)
-
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzReplyParser(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))

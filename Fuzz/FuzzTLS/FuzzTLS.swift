@@ -5,22 +5,14 @@ import LengthEchoTLS
 import NIOCore
 import NIOEmbedded
 
+// The entry point: libFuzzer's driver over this target's callback (see CFuzzer.h).
+exit(fuzz_main(CommandLine.argc, CommandLine.unsafeArgv) { data, size in data.map { fuzzTLS($0, size) } ?? 0 })
+
 /// The TLS handler, in either role, fed arbitrary bytes as what the peer sent, in arbitrary pieces: it
 /// never traps, never leaks a promise, and ends closed or still waiting, never in between.
 ///
 /// Input: byte 0 picks the role (bit 0) and seeds the read sizes; the rest is the peer's bytes. Certificates
 /// are made once, with the openssl command, in a temporary folder.
-// The entry point: libFuzzer's driver, with this target's callback (SwiftPM names the executable's entry point
-// itself, so libFuzzer's own `main` is not the one that runs).
-var arguments = CommandLine.argc
-var argumentValues: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(
-    LLVMFuzzerRunDriver(&arguments, &argumentValues) { data, size in
-        guard let data else { return 0 }
-        return fuzzTLS(data, size)
-    }
-)
-
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTLS(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size >= 1, let contexts = Contexts.shared else { return 0 }
