@@ -46,12 +46,6 @@ struct AttackBatteryTests {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }
 
-    private static func residentKiB(_ pid: pid_t) -> Int {
-        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
-    }
-
     /// One cheap peer of `kind`, doing its thing; returns whether the server closed it within the bound
     /// (for peers that close themselves, true).
     private static func cheapPeer(_ kind: Kind, port: Int) throws -> Bool {
@@ -107,21 +101,13 @@ struct AttackBatteryTests {
     private static func startExecutable(tls: Bool) async throws -> (Executable, Int) {
         let certificates = try await TestCertificates.main.value
         let flags = [
-            "--host", "127.0.0.1", "--port", "0", "--quiet", "--max-connections", "\(Self.slots)", "--idle-timeout",
+            "--quiet", "--max-connections", "\(Self.slots)", "--idle-timeout",
             "1",
             "--message-timeout", "2", "--handshake-timeout", "1", "--max-message", "65536",
         ]
-        let server = try Executable(
-            "server",
+        return try await startServerExecutable(
             flags + (tls ? ["--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey] : [])
         )
-        await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
-        let port = try #require(
-            server.stderr.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }.flatMap {
-                Int($0.split(separator: ":")[1])
-            }
-        )
-        return (server, port)
     }
 
     @Test(
@@ -141,7 +127,7 @@ struct AttackBatteryTests {
         #expect(try await warmup.send(bytes("warm")).text == "4 : warm")
         await warmup.close()
         let descriptors = Self.openDescriptors(server.pid)
-        let memory = Self.residentKiB(server.pid)
+        let memory = residentKiB(server.pid)
 
         for kind in Kind.allCases where kind.needsTLS == tls || !kind.needsTLS && !tls {
             let started = Date()
@@ -175,7 +161,7 @@ struct AttackBatteryTests {
             #expect(Self.openDescriptors(server.pid) <= descriptors + 1, "\(kind.rawValue): descriptors left open")
         }
         // Memory settles near where it started (the 16 MB peers never got past the 64 KiB limit).
-        let after = Self.residentKiB(server.pid)
+        let after = residentKiB(server.pid)
         #expect(after - memory < 32 * 1024, "resident memory grew from \(memory) KiB to \(after) KiB")
         server.terminate()
         #expect(await server.exitStatus() == 0)

@@ -7,11 +7,7 @@ import Testing
 struct CommandLineTests {
     /// Starts `server` on a free port and returns it with the port it printed.
     private func startServer(_ extra: [String] = []) async throws -> (Executable, Int) {
-        let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0"] + extra)
-        await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
-        let line = try #require(server.stderr.split(separator: "\n").first { $0.contains("listening on") })
-        let port = try #require(line.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
-        return (server, port)
+        try await startServerExecutable(extra)
     }
 
     @Test("`client test_string` prints `11 : test_string`; the server prints `receive: test_string`")
@@ -146,22 +142,17 @@ struct CommandLineTests {
             "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey,
         ])
         defer { server.terminate(signal: SIGKILL) }  // a test that throws must not leave it running
-        func residentKiB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/\(server.pid)/status", encoding: .utf8)) ?? ""
-            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
-        }
         let arguments = [
             "--port", "\(port)", "--tls", "--ca", certificates.ca, "--server-name", "localhost", "--mode",
             "per-request", "--no-resume", "-c", "50", "--threads", "1", "--warmup", "0",
         ]
         let warmup = try Executable("bench", arguments + ["--requests", "500"])
         #expect(await warmup.exitStatus() == 0)
-        let before = residentKiB()
+        let before = residentKiB(server.pid)
         let load = try Executable("bench", arguments + ["--requests", "10000", "--json"])
         #expect(await load.exitStatus() == 0, "\(load.stderr)")
         #expect(load.stdout.contains("\"errors\":{}"), "\(load.stdout)")
-        let after = residentKiB()
+        let after = residentKiB(server.pid)
         #expect(after - before < 16 * 1024, "resident memory grew from \(before) KiB to \(after) KiB")
         server.terminate()
         #expect(await server.exitStatus() == 0)

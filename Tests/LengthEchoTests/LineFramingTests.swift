@@ -124,13 +124,7 @@ struct LineFramingTests {
 
     @Test("the executables: `server --framing line` and `client --framing line`")
     func executables() async throws {
-        let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0", "--framing", "line"])
-        await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
-        let port = try #require(
-            server.stderr.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }.flatMap {
-                Int($0.split(separator: ":")[1])
-            }
-        )
+        let (server, port) = try await startServerExecutable(["--framing", "line"])
         #expect(server.stderr.contains("line framing"))
         let client = try Executable("client", ["--port", "\(port)", "--framing", "line", "hello", "안녕"])
         #expect(await client.exitStatus() == 0)

@@ -36,3 +36,19 @@ func ipv6LoopbackAvailable() -> Bool {
     defer { close(fd) }
     return address.withSockAddr { pointer, size in bind(fd, pointer, socklen_t(size)) } == 0
 }
+
+/// The `server` executable on 127.0.0.1 and a port the system picked, with `flags`; and that port.
+func startServerExecutable(_ flags: [String] = []) async throws -> (Executable, Int) {
+    let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0"] + flags)
+    await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
+    let line = try #require(server.stderr.split(separator: "\n").first { $0.contains("listening on") })
+    let port = try #require(line.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
+    return (server, port)
+}
+
+/// A process's resident memory, in KiB (VmRSS).
+func residentKiB(_ pid: pid_t) -> Int {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+}
