@@ -133,7 +133,7 @@ let package = Package(
 // sees them.
 if ProcessInfo.processInfo.environment["LENGTH_ECHO_FUZZ"] != nil {
     package.targets.append(.target(name: "CFuzzer", path: "Fuzz/CFuzzer"))
-    for name in ["FuzzFramer", "FuzzReplyParser", "FuzzTLS"] {
+    for name in ["FuzzFramer", "FuzzReplyParser", "FuzzTLS", "FuzzProxyProtocol"] {
         package.targets.append(
             .executableTarget(
                 name: name,

@@ -4,11 +4,14 @@
 #
 # usage: [ONLY=TEXT] [DURATION=S] scripts/bench-compare.sh BEFORE_BIN_DIR AFTER_BIN_DIR [ROUNDS]
 #   each BIN_DIR holds a release `server`; the load comes from AFTER_BIN_DIR's `bench` for both.
-#   ONLY keeps the cells whose name contains TEXT. Rounds alternate the order (before, after / after, before) so drift on a shared machine cancels out.
+#   ONLY keeps the cells whose name contains TEXT. LOG_LEVEL (default error) is the servers' --log-level; info
+#   logs a line per connection, written to LOG_FILE (default /dev/null), to measure what that costs. Rounds alternate the order (before, after / after, before) so drift on a shared machine cancels out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE="$1"; AFTER="$2"; ROUNDS="${3:-2}"
 DURATION="${DURATION:-3}"
+LOG_LEVEL="${LOG_LEVEL:-error}"
+LOG_FILE="${LOG_FILE:-/dev/null}"
 BENCH="$AFTER/bench"
 WORK="$(mktemp -d)"
 PIDS=()
@@ -28,7 +31,7 @@ cell_cpu() {
     while [ "$1" != "--" ]; do server_args+=("$1"); shift; done; shift
     bench_args=("$@")
     PORT=$((PORT + 1))
-    "$bin/server" --quiet --log-level error --host 127.0.0.1 --port "$PORT" --max-connections 100000 "${server_args[@]}" 2>/dev/null &
+    "$bin/server" --quiet --log-level "$LOG_LEVEL" --host 127.0.0.1 --port "$PORT" --max-connections 100000 "${server_args[@]}" 2>>"$LOG_FILE" &
     local pid=$!
     PIDS+=("$pid")
     wait_port "$PORT"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# libFuzzer targets for the framer, the reply parser and the TLS handler (both roles).
+# libFuzzer targets for the framer, the reply parser, the TLS handler (both roles) and the PROXY header parser.
 #
 # usage: scripts/fuzz.sh [SECONDS] [TARGET...]      (default: 60 s each, every target)
 #   Builds with -sanitize=fuzzer,address into .build-fuzz, runs each target for SECONDS over its committed
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(FuzzFramer FuzzReplyParser FuzzTLS)
+[ ${#targets[@]} -gt 0 ] || targets=(FuzzFramer FuzzReplyParser FuzzTLS FuzzProxyProtocol)
 
 export LENGTH_ECHO_FUZZ=1 SWIFT_BACKTRACE=enable=no
 flags=(--scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld)

@@ -20,13 +20,6 @@ public final class ConnectionPeer {
     /// `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6), or `?` when it is unknown.
     public var description: String { Self.format(self.address) }
 
-    /// Metadata for a log line: `peer`, and `via` when there is one.
-    public var metadata: [String: String] {
-        var metadata = ["peer": self.description]
-        if let via = self.via { metadata["via"] = Self.format(via) }
-        return metadata
-    }
-
     /// `ADDRESS:PORT`, with IPv6 addresses in brackets; a Unix socket by its path.
     public static func format(_ address: SocketAddress?) -> String {
         guard let address else { return "?" }

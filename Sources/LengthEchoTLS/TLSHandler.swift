@@ -5,6 +5,9 @@ import NIOCore
 /// Events the TLS handler sends up the pipeline.
 public enum TLSEvent: Sendable {
     case handshakeCompleted(TLSConnectionInfo)
+    /// Server role: the handshake failed (or the peer did not speak TLS, or stalled); the handler tells the
+    /// peer why and closes. Sent before the close, so the stages above can say why the connection ended.
+    case handshakeFailed(TLSError)
 }
 
 /// TLS as one NIO channel handler, for both roles: ciphertext below it, plaintext above it.
@@ -162,6 +165,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             // to read: it loses its slot at once.
             self.log(.info, "\(error)")
             self.state = .closed(failure: error)
+            context.fireUserInboundEventTriggered(TLSEvent.handshakeFailed(error))
             if case .handshakeTimeout = error.kind {
                 context.close(promise: nil)
             } else {
@@ -208,7 +212,7 @@ public final class TLSHandler: ChannelDuplexHandler {
     private func log(_ level: Logger.Level, _ message: Logger.Message) {
         guard let logger = self.logger, logger.logLevel <= level else { return }
         if let budget = self.logBudget, !budget.allow(logger: logger) { return }
-        logger.log(level: level, message, metadata: self.peer.map { $0.metadata.mapValues { .string($0) } })
+        logger.log(level: level, message, metadata: self.peer?.loggerMetadata)
     }
 
     // MARK: read
@@ -288,7 +292,9 @@ public final class TLSHandler: ChannelDuplexHandler {
         guard case .handshaking(let handshake) = self.state else { return }
         handshake.timer.cancel()
         if self.connection.isServer {
-            handshake.promise?.fail(TLSError(.peerNotTLS, "the client did not speak TLS", cause: .peerNotTLS))
+            let error = TLSError(.peerNotTLS, "the client did not speak TLS", cause: .peerNotTLS)
+            handshake.promise?.fail(error)
+            context.fireUserInboundEventTriggered(TLSEvent.handshakeFailed(error))
             self.log(
                 .notice,
                 "a plaintext client connected to the TLS port\(self.plaintextRefusal == nil ? "" : "; answered with an error")"
@@ -371,5 +377,14 @@ package extension LogBudget {
         self.allow { count in
             logger.notice("\(count) lines about connections were not logged in the last second (too many)")
         }
+    }
+}
+
+package extension ConnectionPeer {
+    /// `peer`, and `via` when there is one, as a log line's metadata.
+    var loggerMetadata: Logger.Metadata {
+        var metadata: Logger.Metadata = ["peer": .string(self.description)]
+        if let via = self.via { metadata["via"] = .string(Self.format(via)) }
+        return metadata
     }
 }

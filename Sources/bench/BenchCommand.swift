@@ -70,6 +70,11 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Open this many connections, keep them idle until stdin closes, then exit.")
     var hold: Int?
 
+    @Option(
+        name: .long,
+        help: "A local address to connect from (127.0.0.2: another client address on loopback); repeat for several.")
+    var source: [String] = []
+
     @Flag(name: .long, help: "Print the result as JSON.")
     var json = false
 
@@ -85,6 +90,7 @@ struct BenchCommand: AsyncParsableCommand {
     func run() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: self.threads)
         let address = try SocketAddress.makeAddressResolvingHost(self.host, port: self.port)
+        let sources = try self.source.map { try SocketAddress(ipAddress: $0, port: 0) }
         var tlsContext: TLSContext?
         if self.tls {
             tlsContext = try TLSContext.client(
@@ -94,7 +100,8 @@ struct BenchCommand: AsyncParsableCommand {
         }
         if let hold = self.hold {
             try await Hold.run(
-                count: hold, address: address, tls: tlsContext, serverName: self.serverName ?? self.host, group: group)
+                count: hold, address: address, sources: sources, tls: tlsContext,
+                serverName: self.serverName ?? self.host, group: group)
             try await group.shutdownGracefully()
             return
         }
@@ -110,6 +117,7 @@ struct BenchCommand: AsyncParsableCommand {
         let stopAt = self.requests == nil ? measureFrom + .fromSeconds(self.duration) : .distantFuture
         let plan = LoadPlan(
             address: address,
+            sources: sources,
             serverName: self.serverName ?? self.host,
             mode: self.mode == "persistent" ? .persistent : .perRequest,
             message: message,
@@ -132,8 +140,9 @@ struct BenchCommand: AsyncParsableCommand {
             progresses.append(progress)
             let loopFutures = try await loop.submit {
                 let shared = Worker.Shared(remaining: share)
-                return (0..<count).map { _ -> EventLoopFuture<WorkerStats> in
-                    let worker = Worker(plan: plan, loop: loop, progress: progress, shared: shared)
+                return (0..<count).map { slot -> EventLoopFuture<WorkerStats> in
+                    let worker = Worker(
+                        plan: plan, loop: loop, progress: progress, shared: shared, index: slot * loops.count + index)
                     worker.start()
                     return worker.result
                 }
@@ -201,6 +210,11 @@ struct Report {
         )
         let errors = ErrorKind.allCases.compactMap { kind in self.stats.errors[kind].map { "\(kind.rawValue): \($0)" } }
         lines.append("errors        \(errors.isEmpty ? "none" : errors.joined(separator: ", "))")
+        if self.stats.reconnects + self.stats.resends > 0 {
+            lines.append(
+                "reconnects    \(self.stats.reconnects)  (the server closed between messages)\n"
+                    + "resends       \(self.stats.resends)  (the server closed before a reply began; sent again)")
+        }
         lines.append(
             String(
                 format: "bench CPU     %.2f s over %.1f s wall (%.0f%% of one core), %.1f µs per request",
@@ -225,6 +239,7 @@ struct Report {
                 "p50": self.percentile(50), "p90": self.percentile(90), "p99": self.percentile(99),
                 "p99.9": self.percentile(99.9), "max": self.stats.requests == 0 ? 0 : self.stats.latency.max,
             ],
+            "reconnects": self.stats.reconnects, "resends": self.stats.resends,
             "errors": errors, "bench_cpu_seconds": self.cpuSeconds, "wall_seconds": self.wallSeconds,
         ]
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
@@ -245,7 +260,8 @@ enum CPUTime {
 /// `--hold N`: N idle connections (TLS handshakes done), held until stdin closes.
 enum Hold {
     static func run(
-        count: Int, address: SocketAddress, tls: TLSContext?, serverName: String, group: any EventLoopGroup
+        count: Int, address: SocketAddress, sources: [SocketAddress], tls: TLSContext?, serverName: String,
+        group: any EventLoopGroup
     ) async throws {
         var channels: [any Channel] = []
         channels.reserveCapacity(count)
@@ -254,10 +270,13 @@ enum Hold {
             for future in batch { channels.append(try await future.get()) }
             batch.removeAll(keepingCapacity: true)
         }
-        for _ in 0..<count {
+        for index in 0..<count {
             let loop = group.next()
             let handshake = tls == nil ? nil : loop.makePromise(of: TLSConnectionInfo.self)
-            let future = ClientBootstrap(group: loop)
+            var bootstrap = ClientBootstrap(group: loop)
+            if !sources.isEmpty { bootstrap = bootstrap.bind(to: sources[index % sources.count]) }
+            let future =
+                bootstrap
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         if let tls {

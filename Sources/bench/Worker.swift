@@ -16,6 +16,8 @@ struct LoadPlan: Sendable {
     }
 
     var address: SocketAddress
+    /// Local addresses to connect from, taken in turn by the workers (none: the system picks).
+    var sources: [SocketAddress]
     var serverName: String
     var mode: Mode
     var message: ByteBuffer
@@ -38,6 +40,11 @@ struct WorkerStats: Sendable {
     var bytes = 0
     var handshakes = 0
     var resumed = 0
+    /// New connections made because the server closed one between messages (not errors).
+    var reconnects = 0
+    /// Messages sent again because the server closed the connection before their reply began (length-echo
+    /// requests are idempotent); not errors.
+    var resends = 0
     var errors: [ErrorKind: Int] = [:]
     var latency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
 
@@ -46,6 +53,8 @@ struct WorkerStats: Sendable {
         self.bytes += other.bytes
         self.handshakes += other.handshakes
         self.resumed += other.resumed
+        self.reconnects += other.reconnects
+        self.resends += other.resends
         for (kind, count) in other.errors { self.errors[kind, default: 0] += count }
         self.latency.add(other.latency)
     }
@@ -67,6 +76,11 @@ final class Worker {
     private let finished: EventLoopPromise<WorkerStats>
     private var done = false
     private let shared: Shared
+    private let source: SocketAddress?
+    /// Times in a row the current message was resent; bounded, so a server that closes every connection
+    /// makes errors, not a loop.
+    private var resendsInARow = 0
+    static let mostResends = 3
 
     /// A request budget shared by the workers of one event loop (for --requests).
     final class Shared {
@@ -75,8 +89,9 @@ final class Worker {
         init(remaining: Int?) { self.remaining = remaining }
     }
 
-    init(plan: LoadPlan, loop: any EventLoop, progress: Progress, shared: Shared) {
+    init(plan: LoadPlan, loop: any EventLoop, progress: Progress, shared: Shared, index: Int) {
         self.plan = plan
+        self.source = plan.sources.isEmpty ? nil : plan.sources[index % plan.sources.count]
         self.loop = loop
         self.progress = progress
         self.shared = shared
@@ -122,7 +137,9 @@ final class Worker {
         let session = plan.resume ? self.session : nil
         let sessionBox = NIOLoopBound(session, eventLoop: self.loop)
         let buffersBox = NIOLoopBound(self.shared.buffers, eventLoop: self.loop)
-        ClientBootstrap(group: self.loop)
+        var bootstrap = ClientBootstrap(group: self.loop)
+        if let source = self.source { bootstrap = bootstrap.bind(to: source) }
+        bootstrap
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
@@ -150,6 +167,36 @@ final class Worker {
     func connectionEnded(session: TLSSession?) {
         if let session { self.session = session }
         self.start()
+    }
+
+    /// A reply came: the message in flight is done.
+    func answered() {
+        self.resendsInARow = 0
+    }
+
+    /// The server closed a persistent connection between messages (an idle timeout, a drain): the next
+    /// message goes on a new one.
+    func reconnect() {
+        if self.measuring { self.stats.reconnects += 1 }
+        self.start()
+    }
+
+    /// The server closed the connection before the reply to the message in flight began: send it again on a
+    /// new connection, a few times at most.
+    func resend() {
+        self.resendsInARow += 1
+        guard self.resendsInARow <= Self.mostResends else {
+            self.resendsInARow = 0
+            self.count(.closedEarly)
+            self.start()
+            return
+        }
+        if self.measuring { self.stats.resends += 1 }
+        if NIODeadline.now() >= self.plan.stopAt {
+            self.finish()
+        } else {
+            self.connect()
+        }
     }
 }
 
@@ -225,6 +272,7 @@ final class BenchHandler: ChannelInboundHandler {
         self.waiting = false
         self.timeout?.cancel()
         let worker = self.worker
+        worker.answered()
         if worker.measuring && NIODeadline.now() <= worker.plan.stopAt {
             worker.stats.requests += 1
             worker.stats.bytes += worker.plan.message.readableBytes + expected.count
@@ -251,10 +299,16 @@ final class BenchHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !self.ended {
+        guard !self.ended else { return }
+        self.ended = true
+        self.timeout?.cancel()
+        context.close(promise: nil)
+        if self.waiting && self.matched == 0 && Self.serverWentAway(error) {
+            self.worker.resend()
+        } else if !self.waiting && Self.serverWentAway(error) {
+            self.worker.reconnect()
+        } else {
             self.worker.count(error is TLSError ? .tls : .closedEarly)
-            self.ended = true
-            context.close(promise: nil)
             self.worker.connectionEnded(session: nil)
         }
     }
@@ -263,10 +317,23 @@ final class BenchHandler: ChannelInboundHandler {
         self.timeout?.cancel()
         if !self.ended {
             self.ended = true
-            if self.waiting { self.worker.count(.closedEarly) }
-            self.worker.connectionEnded(session: nil)
+            if !self.waiting {
+                self.worker.reconnect()
+            } else if self.matched == 0 {
+                self.worker.resend()  // closed before the reply began: nothing of it was lost
+            } else {
+                self.worker.count(.closedEarly)  // a reply cut off part-way
+                self.worker.connectionEnded(session: nil)
+            }
         }
         context.fireChannelInactive()
+    }
+
+    /// A reset, or a TLS peer gone without close_notify: the server (or the balancer's backend) went away.
+    private static func serverWentAway(_ error: any Error) -> Bool {
+        if let error = error as? IOError { return error.errnoCode == ECONNRESET || error.errnoCode == EPIPE }
+        if let error = error as? TLSError { return error.kind == .uncleanShutdown }
+        return false
     }
 }
 

@@ -95,39 +95,6 @@ final class ReceiveLog: Sendable {
     func flush() { self.writer.flush() }
 }
 
-/// swift-log's lines on stderr through a `LineWriter`: logging never blocks an event loop.
-struct QueuedLogHandler: LogHandler {
-    static let writer = LineWriter(fd: 2, droppedNote: "server: (N log lines not shown: stderr is not keeping up)")
-
-    let label: String
-    var logLevel: Logger.Level = .info
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { self.metadata[key] }
-        set { self.metadata[key] = newValue }
-    }
-
-    // swift-log's `log` requirement, in the form of its current version.
-    func log(event: LogEvent) {
-        var all = self.metadata
-        if let extra = event.metadata { all.merge(extra) { $1 } }
-        let time = Self.timestamp()
-        let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let text = "\(time) \(event.level) \(self.label):\(fields.isEmpty ? "" : " " + fields) \(event.message)"
-        Self.writer.line { out in Escaping.appendPrintable(Array(text.utf8), to: &out) }
-    }
-
-    private static func timestamp() -> String {
-        var now = time(nil)
-        var parts = tm()
-        gmtime_r(&now, &parts)
-        var buffer = [CChar](repeating: 0, count: 32)
-        let count = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S%z", &parts)
-        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-}
-
 enum Standard {
     static func error(_ text: String) {
         Self.write(Array((text + "\n").utf8), to: 2)

@@ -82,11 +82,41 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("handshake-timeout"), help: "With --tls: seconds a client has to finish its handshake.")
     var handshakeTimeout: Double = 10
 
+    @Flag(
+        name: .customLong("proxy-protocol"),
+        help: """
+            Behind HAProxy, nginx or another balancer: every connection must begin with a PROXY protocol header \
+            (v1 or v2) and come from a --proxy-from address; the client the header names becomes the peer in \
+            every log line. Needs --proxy-from.
+            """
+    )
+    var proxyProtocol = false
+
+    @Option(
+        name: .customLong("proxy-from"),
+        help: """
+            With --proxy-protocol: an address or CIDR range (10.0.0.0/8, ::1) of the balancers trusted to send \
+            PROXY headers; repeat for several. Required: a header from anyone else could claim to be any client, \
+            so there is no trust-everyone default. Connections from other addresses are refused.
+            """
+    )
+    var proxyFrom: [String] = []
+
+    @Option(
+        name: .customLong("proxy-timeout"), help: "With --proxy-protocol: seconds a connection has to send its header.")
+    var proxyTimeout: Double = 5
+
     @Flag(name: .shortAndLong, help: "Do not print `receive:` lines.")
     var quiet = false
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
+
+    @Option(
+        name: .customLong("log-format"),
+        help: "Diagnostics on stderr: text, or json (one object per line: time, level, message, metadata keys)."
+    )
+    var logFormat: LogFormat = .text
 
     /// The largest values the flags take: beyond them a value is a typo or an attack on the process itself
     /// (a message limit that overflows, a timeout that overflows NIO's clock, more threads than can start).
@@ -102,6 +132,7 @@ struct ServerCommand: AsyncParsableCommand {
         for (flag, value, zeroAllowed) in [
             ("--idle-timeout", self.idleTimeout, false), ("--message-timeout", self.messageTimeout, false),
             ("--drain-timeout", self.drainTimeout, true), ("--handshake-timeout", self.handshakeTimeout, false),
+            ("--proxy-timeout", self.proxyTimeout, false),
         ] {
             guard value.isFinite, zeroAllowed ? value >= 0 : value > 0, value <= Self.longestTimeout else {
                 throw ValidationError(
@@ -118,6 +149,17 @@ struct ServerCommand: AsyncParsableCommand {
         if !self.tls, self.cert != nil || self.key != nil || self.clientCA != nil || self.clientAuth != .none {
             throw ValidationError("--cert, --key, --client-ca and --client-auth need --tls")
         }
+        if self.proxyProtocol && self.proxyFrom.isEmpty {
+            throw ValidationError(
+                "--proxy-protocol needs --proxy-from: the balancers' addresses (a header from anyone else would be believed)"
+            )
+        }
+        if !self.proxyProtocol && !self.proxyFrom.isEmpty {
+            throw ValidationError("--proxy-from needs --proxy-protocol")
+        }
+        for range in self.proxyFrom where AddressRange(range) == nil {
+            throw ValidationError("--proxy-from \(range): not an address or CIDR range (10.0.0.0/8, 192.0.2.7, ::1)")
+        }
         if self.clientCA != nil && self.clientAuth == .none {
             throw ValidationError("--client-ca needs --client-auth optional or required")
         }
@@ -128,19 +170,21 @@ struct ServerCommand: AsyncParsableCommand {
     }
 
     /// A key anyone else on the machine can read is no longer a secret: say so (and keep serving).
-    private func checkKeyPermissions() {
+    private func checkKeyPermissions(console: Console) {
         let path = self.key ?? "certs/server.key"
         var info = stat()
         guard stat(path, &info) == 0 else { return }  // a missing key is reported by the TLS context
         if info.st_mode & 0o077 != 0 {
-            Standard.error(
-                "server: warning: the key \(path) is readable by "
+            console.say(
+                .warning,
+                "warning: the key \(path) is readable by "
                     + "\(info.st_mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(info.st_mode & 0o777, radix: 8))); "
                     + "chmod 600 it")
         }
         if info.st_uid != geteuid() {
-            Standard.error(
-                "server: warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid())")
+            console.say(
+                .warning,
+                "warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid())")
         }
     }
 
@@ -156,27 +200,28 @@ struct ServerCommand: AsyncParsableCommand {
 
     /// SIGHUP: read the certificate, key and client CA again (a renewal), for new connections. If they are
     /// not usable, say why and keep serving with the ones already loaded.
-    private func reload(_ server: LengthEchoServer) {
+    private func reload(_ server: LengthEchoServer, console: Console) {
         guard self.tls else {
-            Standard.error("server: SIGHUP: nothing to reload without --tls")
+            console.say(.notice, "SIGHUP: nothing to reload without --tls")
             return
         }
         do {
             server.replaceTLSContext(try self.makeTLSContext())
-            Standard.error("server: SIGHUP: reloaded the certificate and key for new connections")
+            console.say(.notice, "SIGHUP: reloaded the certificate and key for new connections")
         } catch {
-            Standard.error("server: SIGHUP: kept the certificate already loaded: \(error)")
+            console.say(.error, "SIGHUP: kept the certificate already loaded: \(error)")
         }
     }
 
     func run() async throws {
-        let level = self.logLevel
+        let (level, format) = (self.logLevel, self.logFormat)
         LoggingSystem.bootstrap { label in
-            var handler = QueuedLogHandler(label: label)
+            var handler = QueuedLogHandler(label: label, format: format)
             handler.logLevel = level
             return handler
         }
         defer { QueuedLogHandler.writer.flush() }
+        let console = Console(format: format)
         var configuration = ServerConfiguration()
         if !self.host.isEmpty { configuration.hosts = self.host }
         configuration.port = self.port
@@ -188,13 +233,19 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.drainTimeout = .fromSeconds(self.drainTimeout)
         configuration.threads = self.threads
         configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
+        if self.proxyProtocol {
+            configuration.proxyProtocol = ProxyProtocolConfiguration(
+                trustedSources: self.proxyFrom.compactMap(AddressRange.init),
+                headerTimeout: .fromSeconds(self.proxyTimeout)
+            )
+        }
         if self.tls {
-            self.checkKeyPermissions()
+            self.checkKeyPermissions(console: console)
             do {
                 configuration.tls = try self.makeTLSContext()
             } catch {
-                Standard.error("server: \(error)")
-                if self.cert == nil { Standard.error("server: (make test certificates with scripts/gen-certs.sh)") }
+                console.say(.error, "\(error)")
+                if self.cert == nil { console.say(.error, "(make test certificates with scripts/gen-certs.sh)") }
                 throw ExitCode.failure
             }
         }
@@ -202,7 +253,7 @@ struct ServerCommand: AsyncParsableCommand {
         if !self.quiet {
             let log = ReceiveLog()
             receiveLog = log
-            configuration.onMessage = { message in log.print(message) }
+            configuration.onMessage = { message, _ in log.print(message) }
         }
 
         let signals = SignalWaiter(SIGINT, SIGTERM, SIGHUP)
@@ -210,7 +261,7 @@ struct ServerCommand: AsyncParsableCommand {
         do {
             server = try await LengthEchoServer.start(configuration: configuration)
         } catch {
-            Standard.error("server: \(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
+            console.say(.error, "\(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
             throw ExitCode.failure
         }
         let addresses = server.localAddresses.map {
@@ -222,23 +273,25 @@ struct ServerCommand: AsyncParsableCommand {
                 + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)")
             : "plaintext"
         let framing = self.framing == .nul ? "" : ", \(self.framing.rawValue) framing"
-        Standard.error("server: listening on \(addresses.joined(separator: " and ")) (\(security)\(framing))")
+        let proxy = self.proxyProtocol ? ", PROXY protocol from \(self.proxyFrom.joined(separator: " "))" : ""
+        console.say(.notice, "listening on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))")
 
         var signal = await signals.next()
         while signal == SIGHUP {
-            self.reload(server)
+            self.reload(server, console: console)
             signal = await signals.next()
         }
-        Standard.error(
-            "server: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
+        console.say(
+            .notice, "\(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
         Task {
             while await signals.next() == SIGHUP {}
-            Standard.error("server: second signal, exiting now")
+            console.say(.warning, "second signal, exiting now")
+            QueuedLogHandler.writer.flush()
             Glibc.exit(130)
         }
         await server.shutdown()
         receiveLog?.flush()
-        Standard.error("server: stopped")
+        console.say(.notice, "stopped")
     }
 }
 
@@ -258,3 +311,25 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 extension Framing: ExpressibleByArgument {}
 extension TLSVersion: ExpressibleByArgument {}
 extension ClientAuthentication: ExpressibleByArgument {}
+extension LogFormat: ExpressibleByArgument {}
+
+/// The server's own lines (listening, reloads, shutdown): `server: ...` on stderr as text, or through the
+/// log handler as JSON objects when the log format is JSON, so a log pipeline gets one kind of line.
+struct Console: Sendable {
+    let format: LogFormat
+    private let logger: Logger
+
+    init(format: LogFormat) {
+        self.format = format
+        var logger = Logger(label: "length-echo.server")
+        logger.logLevel = .trace  // these lines are always shown
+        self.logger = logger
+    }
+
+    func say(_ level: Logger.Level, _ text: String) {
+        switch self.format {
+        case .text: Standard.error("server: \(text)")
+        case .json: self.logger.log(level: level, "\(text)")
+        }
+    }
+}

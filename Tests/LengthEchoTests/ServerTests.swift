@@ -24,7 +24,7 @@ struct ServerTests {
     func onMessage() async throws {
         let seen = Mutex<[[UInt8]]>([])
         let server = try await startServer {
-            $0.onMessage = { message in seen.withLock { $0.append(Array(message.readableBytesView)) } }
+            $0.onMessage = { message, _ in seen.withLock { $0.append(Array(message.readableBytesView)) } }
         }
         let client = LengthEchoClient(configuration: ClientConfiguration(port: server.port))
         _ = try await client.send(bytes("one"))

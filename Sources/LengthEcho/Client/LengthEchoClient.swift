@@ -29,6 +29,14 @@ public actor LengthEchoClient {
     private var connectedSinceAsked = false
     /// The last TLS session the server gave us, offered for resumption on the next connection.
     private var session: TLSSession?
+    /// New connections made because the server had closed the one in use after its last reply (an idle
+    /// timeout, the original C server's close after every reply). Not errors.
+    public private(set) var reconnects = 0
+    /// Messages sent again because the server closed the connection before their reply began (a drain, a
+    /// balancer's backend going away). Length-echo requests are idempotent, so this is safe. Not errors.
+    public private(set) var resends = 0
+    /// How many times in a row one `send` resends before it reports the closed connection as an error.
+    public static let mostResends = 3
 
     /// True once after each new connection: lets a caller report each handshake once.
     public func takeNewConnectionFlag() -> Bool {
@@ -59,7 +67,7 @@ public actor LengthEchoClient {
         for message in messages {
             if let problem = self.configuration.framing.problem(sending: message) { throw problem }
         }
-        var retried = false
+        var attempts = 0
         while true {
             let channel = try await self.connection()
             let reusing = !self.fresh
@@ -81,10 +89,13 @@ public actor LengthEchoClient {
                     await self.keepSession(of: channel)
                 }
                 return try zip(messages, raw).map { message, reply in try Self.validate(reply, of: message) }
-            } catch  where reusing && !retried && Self.closedByPeer(error) {
-                // The server closed the connection after its last reply (the original C server always does):
-                // send again on a new one.
-                retried = true
+            } catch  where attempts < Self.mostResends && Self.closedByPeer(error) {
+                // The connection closed before any of the replies began (a partial reply is a different,
+                // mismatch error). After a previous reply: the server closed it as the original C server always
+                // does, or idle. Otherwise the server or the balancer's backend went away. Either way nothing
+                // was answered: send again on a new connection.
+                if reusing && attempts == 0 { self.reconnects += 1 } else { self.resends += 1 }
+                attempts += 1
                 self.drop(channel)
             } catch {
                 self.drop(channel)
@@ -233,6 +244,8 @@ public actor LengthEchoClient {
             return true
         case let error as IOError:
             return error.errnoCode == ECONNRESET || error.errnoCode == EPIPE
+        case let error as TLSError:
+            return error.kind == .uncleanShutdown
         default:
             return false
         }

@@ -4,10 +4,11 @@ import NIOCore
 
 /// The one place a server connection's pipeline is built, stage by stage, lowest first:
 ///
-///     socket → [PROXY protocol, later] → [TLS] → protocol (framing, replies, timeouts)
+///     socket → [PROXY protocol] → admission (the connection cap) → [TLS] → protocol (framing, replies, timeouts)
 ///
-/// A new stage is one line here. Every stage shares the connection's `ConnectionPeer`, so whoever learns
-/// who the client really is (a PROXY header) tells all the others.
+/// A new stage is one line here. Every stage shares the connection's `ConnectionRecord` (and in it the
+/// `ConnectionPeer`), so whoever learns who the client really is (a PROXY header) tells all the others, and
+/// whoever ends the connection says why in its one log line.
 enum ConnectionPipeline {
     /// Runs on the child channel's event loop, synchronously, as the connection is accepted.
     static func configure(
@@ -19,23 +20,56 @@ enum ConnectionPipeline {
     ) throws {
         // A client's half-close is its last message, not the end of the conversation.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-        let peer = ConnectionPeer(address: channel.remoteAddress)
-        let pipeline = channel.pipeline.syncOperations
-        if let tls {
-            try pipeline.addHandler(
-                TLSHandler(
-                    context: tls,
-                    handshakeTimeout: configuration.handshakeTimeout,
-                    plaintextRefusal: loopState.plaintextRefusal,
-                    buffers: loopState.buffers,
-                    peer: peer,
-                    logger: configuration.logger,
-                    logBudget: loopState.logBudget
+        let record = ConnectionRecord(peer: ConnectionPeer(address: channel.remoteAddress))
+        let logger = configuration.logger
+        channel.closeFuture.assumeIsolated().whenComplete { _ in record.log(to: logger) }
+
+        // The stages after the peer is known.
+        let serve = { (pipeline: ChannelPipeline.SynchronousOperations) throws in
+            guard tracker.admit() else {
+                if loopState.logBudget.allow(logger: logger) {
+                    logger.warning(
+                        "refusing a connection: \(tracker.limit) connections are open, the limit",
+                        metadata: record.peer.loggerMetadata)
+                }
+                record.end(.busy)
+                try pipeline.addHandler(BusyRejectHandler(refusal: loopState.busyRefusal))
+                return
+            }
+            do {
+                if let tls {
+                    try pipeline.addHandler(
+                        TLSHandler(
+                            context: tls,
+                            handshakeTimeout: configuration.handshakeTimeout,
+                            plaintextRefusal: loopState.plaintextRefusal,
+                            buffers: loopState.buffers,
+                            peer: record.peer,
+                            logger: logger,
+                            logBudget: loopState.logBudget
+                        )
+                    )
+                }
+                try pipeline.addHandler(
+                    LengthEchoServerHandler(
+                        configuration: configuration, loopState: loopState, tracker: tracker, record: record)
                 )
-            )
+            } catch {
+                // The protocol handler, which releases the slot when removed, is not in place.
+                tracker.release()
+                throw error
+            }
         }
-        try pipeline.addHandler(
-            LengthEchoServerHandler(configuration: configuration, loopState: loopState, tracker: tracker, peer: peer)
-        )
+
+        let pipeline = channel.pipeline.syncOperations
+        if let proxy = configuration.proxyProtocol {
+            try pipeline.addHandler(
+                ProxyProtocolHandler(trusted: proxy.trustedSources, timeout: proxy.headerTimeout, record: record) {
+                    context in try serve(context.pipeline.syncOperations)
+                }
+            )
+        } else {
+            try serve(pipeline)
+        }
     }
 }

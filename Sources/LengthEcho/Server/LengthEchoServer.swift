@@ -141,31 +141,13 @@ public final class LengthEchoServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The child lives on the loop that accepted it, which owns this state.
-                    let loopState = loopState.value
-                    guard tracker.admit() else {
-                        if loopState.logBudget.allow(logger: configuration.logger) {
-                            configuration.logger.warning(
-                                "refusing a connection: \(tracker.limit) connections are open, the limit")
-                        }
-                        try channel.pipeline.syncOperations.addHandler(
-                            BusyRejectHandler(refusal: loopState.busyRefusal))
-                        return
-                    }
-                    do {
-                        try ConnectionPipeline.configure(
-                            channel,
-                            configuration: configuration,
-                            loopState: loopState,
-                            tls: tls.current,
-                            tracker: tracker
-                        )
-                    } catch {
-                        // The protocol handler, which releases the slot when removed, may not be in place.
-                        if (try? channel.pipeline.syncOperations.handler(type: LengthEchoServerHandler.self)) == nil {
-                            tracker.release()
-                        }
-                        throw error
-                    }
+                    try ConnectionPipeline.configure(
+                        channel,
+                        configuration: configuration,
+                        loopState: loopState.value,
+                        tls: tls.current,
+                        tracker: tracker
+                    )
                 }
             }
     }

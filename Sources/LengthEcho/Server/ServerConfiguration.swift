@@ -31,13 +31,31 @@ public struct ServerConfiguration: Sendable {
     public var tls: TLSContext?
     /// A TLS peer that has not finished its handshake after this long is dropped.
     public var handshakeTimeout: TimeAmount = .seconds(10)
-    /// Called on the connection's event loop with each message received (the executable prints it).
-    public var onMessage: (@Sendable (ByteBuffer) -> Void)?
-    /// Diagnostics: connection errors, timeouts, refusals.
+    /// Behind a balancer: every connection must come from one of its addresses and begin with a PROXY
+    /// protocol header, whose client becomes the connection's peer. Off (nil): connections are direct.
+    public var proxyProtocol: ProxyProtocolConfiguration?
+    /// Called on the connection's event loop with each message received (the executable prints it), and
+    /// who sent it.
+    public var onMessage: (@Sendable (ByteBuffer, ConnectionPeer) -> Void)?
+    /// Diagnostics: one line per connection at `info` when it ends, and errors, timeouts, refusals.
     public var logger: Logger = Logger(label: "length-echo.server")
 
     /// `0.0.0.0` and `::`.
     public static let allAddresses = ["0.0.0.0", "::"]
 
     public init() {}
+}
+
+/// Which balancers may send PROXY protocol headers, and how long a header may take.
+public struct ProxyProtocolConfiguration: Sendable {
+    /// Connections from anywhere else are refused: a header is only believed from a balancer trusted to
+    /// write it, or any client could claim any address.
+    public var trustedSources: [AddressRange]
+    /// A connection whose header is not complete this long after it was accepted is closed.
+    public var headerTimeout: TimeAmount = .seconds(5)
+
+    public init(trustedSources: [AddressRange], headerTimeout: TimeAmount = .seconds(5)) {
+        self.trustedSources = trustedSources
+        self.headerTimeout = headerTimeout
+    }
 }

@@ -45,8 +45,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     static let drainGrace: TimeAmount = .seconds(1)
 
     private let framing: Framing
-    /// Who is on the other end, as the stages before this one established it.
-    private let peer: ConnectionPeer
+    /// Who is on the other end, as the stages before this one established it, and what the connection line
+    /// will say: this stage counts messages and bytes and says why the connection ended.
+    private let record: ConnectionRecord
     private var state = State.serving
     /// What has arrived and is not yet a whole message (nothing, between messages).
     private var framer: MessageFramer
@@ -64,7 +65,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private var watched = false
     private var lingerTimer: Scheduled<Void>?
     private var draining = false
-    private let onMessage: (@Sendable (ByteBuffer) -> Void)?
+    private let onMessage: (@Sendable (ByteBuffer, ConnectionPeer) -> Void)?
     private let logger: Logger
     private let loopState: ServerLoopState
     private let tracker: ConnectionTracker
@@ -73,11 +74,11 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         configuration: ServerConfiguration,
         loopState: ServerLoopState,
         tracker: ConnectionTracker,
-        peer: ConnectionPeer
+        record: ConnectionRecord
     ) {
         self.loopState = loopState
         self.tracker = tracker
-        self.peer = peer
+        self.record = record
         self.framing = configuration.framing
         self.empty = loopState.buffers.empty
         self.framer = MessageFramer(
@@ -122,14 +123,16 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         guard case .serving = self.state else { return }  // rejecting or closing: input is discarded
         let now = NIODeadline.now()
         self.lastActivity = now
-        self.framer.append(self.unwrapInboundIn(data))
+        let bytes = self.unwrapInboundIn(data)
+        self.record.bytesIn += bytes.readableBytes
+        self.framer.append(bytes)
         var answered = false
         while true {
             let message: ByteBuffer?
             do {
                 message = try self.framer.next()
             } catch {
-                self.reject(context: context, reason: error.description)
+                self.reject(context: context, reason: error.description, end: .tooLarge)
                 return
             }
             guard let message else { break }
@@ -157,7 +160,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
-        self.onMessage?(message)
+        self.onMessage?(message, self.record.peer)
+        self.record.messages += 1
+        self.record.bytesOut += Reply.encodedLength(ofMessageLength: message.readableBytes)
         if message.readableBytes >= Self.zeroCopyThreshold {
             // Large: write the head, then the message's own bytes (a slice of what was read), then the
             // terminator with the next batch. No copy of the message.
@@ -212,9 +217,21 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             self.peerFinishedSending(context: context)
-        } else if event is TLSEvent {
-            // A finished handshake is the peer's doing too: its first message follows.
-            self.lastActivity = .now()
+        } else if let event = event as? TLSEvent {
+            switch event {
+            case .handshakeCompleted(let info):
+                // A finished handshake is the peer's doing too: its first message follows.
+                self.lastActivity = .now()
+                self.record.tls = info
+            case .handshakeFailed(let error):
+                let end: ConnectionEnd =
+                    switch error.kind {
+                    case .handshakeTimeout: .handshakeTimeout
+                    case .peerNotTLS: .notTLS
+                    default: .handshakeFailed
+                    }
+                self.record.end(end, detail: error.description)
+            }
             context.fireUserInboundEventTriggered(event)
         } else {
             context.fireUserInboundEventTriggered(event)
@@ -227,8 +244,15 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     func drain(now: NIODeadline, context: ChannelHandlerContext) {
         self.draining = true
         if case .serving = self.state, self.messageStarted == nil, now >= self.lastActivity + Self.drainGrace {
+            self.record.end(.drained)
             self.closeAfterReplies(context: context)
         }
+    }
+
+    /// The drain timeout ran out with this connection still open.
+    func closeAtDrainTimeout(context: ChannelHandlerContext) {
+        self.record.end(.drainTimeout)
+        context.close(promise: nil)
     }
 
     /// The client half-closed: what is left unterminated is its last message. Answer, then close.
@@ -240,14 +264,15 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
                     self.answer(message, context: context)
                 }
             } catch {
-                self.reject(context: context, reason: error.description)
+                self.reject(context: context, reason: error.description, end: .tooLarge)
                 return
             }
+            self.record.end(.clientClosed)
             self.closeAfterReplies(context: context)
         case .rejecting:
             context.close(promise: nil)
         case .closing:
-            break
+            self.record.end(.clientClosed)
         }
     }
 
@@ -265,7 +290,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     /// Answers `error: <reason>` and closes so that the error arrives even while the client is still
     /// sending: shut our write side, discard input for a while, then close.
-    private func reject(context: ChannelHandlerContext, reason: String) {
+    private func reject(context: ChannelHandlerContext, reason: String, end: ConnectionEnd) {
+        self.record.end(end, detail: reason)
         self.state = .rejecting
         self.framer.discard()
         self.log(.notice, "closing connection: \(reason)")
@@ -281,15 +307,18 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     /// Closes at once, without a word: the peer cannot or will not take one.
-    private func abort(context: ChannelHandlerContext, reason: String) {
+    private func abort(context: ChannelHandlerContext, reason: String, end: ConnectionEnd) {
+        self.record.end(end, detail: reason)
         self.log(.notice, "closing connection: \(reason)")
         self.framer.discard()
         context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A peer that resets or vanishes is routine: not worth an info line each.
-        self.log(Self.isRoutine(error) ? .debug : .info, "connection error: \(error)")
+        // A peer that resets or vanishes is routine: not worth an info line each (its connection line says it).
+        let routine = Self.isRoutine(error)
+        self.record.end(routine ? .reset : .error, detail: "\(error)")
+        self.log(routine ? .debug : .info, "connection error: \(error)")
         context.close(promise: nil)
     }
 
@@ -303,7 +332,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message) {
         guard self.logger.logLevel <= level else { return }
         guard self.loopState.logBudget.allow(logger: self.logger) else { return }
-        self.logger.log(level: level, message(), metadata: self.peer.metadata.mapValues { .string($0) })
+        self.logger.log(level: level, message(), metadata: self.record.peer.loggerMetadata)
     }
 
     // MARK: timeouts
@@ -328,31 +357,37 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
             if let stalled = self.stalledSince {
                 if now >= stalled + self.idleTimeout {
                     self.abort(
-                        context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s")
+                        context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s",
+                        end: .notReading)
                 }
             } else if let started = self.messageStarted {
                 if now >= started + self.messageTimeout {
                     self.reject(
                         context: context,
                         reason: "timed out: the message was not finished within \(Self.seconds(self.messageTimeout)) s "
-                            + "(the message timeout)"
+                            + "(the message timeout)",
+                        end: .messageTimeout
                     )
                 } else if now >= self.lastActivity + self.idleTimeout {
                     self.reject(
                         context: context,
                         reason: "timed out: nothing arrived for \(Self.seconds(self.idleTimeout)) s in the middle of a "
-                            + "message (the idle timeout)"
+                            + "message (the idle timeout)",
+                        end: .idle
                     )
                 }
             } else if self.draining && now >= self.lastActivity + Self.drainGrace {
+                self.record.end(.drained)
                 self.closeAfterReplies(context: context)
             } else if now >= self.lastActivity + self.idleTimeout {
-                self.logger.debug("closing idle connection after \(Self.seconds(self.idleTimeout)) s")
+                self.record.end(.idle)
                 self.closeAfterReplies(context: context)
             }
         case .closing(let since):
             if now >= since + self.idleTimeout {
-                self.abort(context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s")
+                self.abort(
+                    context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s",
+                    end: .notReading)
             }
         case .rejecting:
             break  // the linger timer closes it
@@ -375,7 +410,19 @@ final class BusyRejectHandler: ChannelInboundHandler {
         self.refusal = refusal
     }
 
+    private var sent = false
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.refuse(context: context) }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        self.refuse(context: context)
+    }
+
+    private func refuse(context: ChannelHandlerContext) {
+        guard !self.sent else { return }
+        self.sent = true
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(self.wrapOutboundOut(self.refusal), promise: written)
         written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }

@@ -73,7 +73,7 @@ final class ServerLoopState {
     /// The drain timeout passed: whatever is still open closes now.
     func closeAll() {
         for entry in Array(self.connections.values) {
-            entry.context.close(promise: nil)
+            entry.handler.closeAtDrainTimeout(context: entry.context)
         }
     }
 

@@ -20,9 +20,10 @@ final class RawSocket: @unchecked Sendable {
     }
 
     /// `socket()` and `connect()` to 127.0.0.1 (or ::1), with every later read and write bounded.
-    /// `receiveBuffer` shrinks the socket's receive buffer (before connecting, so the window is small too).
+    /// `receiveBuffer` shrinks the socket's receive buffer (before connecting, so the window is small too);
+    /// `source` binds the socket to a local IPv4 address first (127.0.0.2: a second client address).
     static func connect(
-        port: Int, ipv6: Bool = false, timeout: Double = 10, receiveBuffer: Int32? = nil
+        port: Int, ipv6: Bool = false, timeout: Double = 10, receiveBuffer: Int32? = nil, source: String? = nil
     ) throws
         -> RawSocket
     {
@@ -32,6 +33,17 @@ final class RawSocket: @unchecked Sendable {
         socket.setTimeouts(timeout)
         if var size = receiveBuffer {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            guard inet_pton(AF_INET, source, &local.sin_addr) == 1 else { throw Failure(description: "bad \(source)") }
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard bound == 0 else { throw Failure(description: "bind \(source): \(String(cString: strerror(errno)))") }
         }
         var result: Int32
         if ipv6 {
@@ -130,6 +142,20 @@ final class RawSocket: @unchecked Sendable {
             let chunk = try self.readOnce()
             if chunk.isEmpty { return all }
             all += chunk
+        }
+    }
+
+    /// Reads everything until the server closes or resets the connection (a server that closes with input
+    /// unread resets it); throws only on other failures, such as the read timing out.
+    func readUntilClosed() throws -> [UInt8] {
+        var all: [UInt8] = []
+        while true {
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = chunk.withUnsafeMutableBytes { read(self.fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == ECONNRESET { return all }
+            guard n >= 0 else { throw Failure(description: "read: \(String(cString: strerror(errno)))") }
+            if n == 0 { return all }
+            all += chunk[..<n]
         }
     }
 

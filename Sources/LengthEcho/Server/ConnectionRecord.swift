@@ -1,0 +1,99 @@
+import LengthEchoCore
+import LengthEchoTLS
+import Logging
+import NIOCore
+
+/// Why a connection ended, as its connection line says it (`end=`).
+public enum ConnectionEnd: String, Sendable {
+    /// The client closed (or half-closed) its side; everything it sent was answered.
+    case clientClosed = "client-closed"
+    /// Nothing arrived for the idle timeout, between messages or in the middle of one.
+    case idle
+    /// A message was not finished within the message timeout.
+    case messageTimeout = "message-timeout"
+    /// A message was longer than the largest accepted.
+    case tooLarge = "too-large"
+    /// The peer stopped taking its replies.
+    case notReading = "not-reading"
+    /// The server drained it on shutdown.
+    case drained
+    /// Still open when the drain timeout ran out.
+    case drainTimeout = "drain-timeout"
+    /// Refused: the server was at its connection cap.
+    case busy
+    /// Refused: no valid PROXY header, from an address not trusted to send one, or not in time.
+    case proxyRefused = "proxy-refused"
+    /// The TLS handshake failed (the detail says why).
+    case handshakeFailed = "handshake-failed"
+    /// The TLS handshake did not finish in time.
+    case handshakeTimeout = "handshake-timeout"
+    /// A plaintext client on the TLS port.
+    case notTLS = "not-tls"
+    /// The peer reset the connection, or closed a TLS connection without close_notify.
+    case reset
+    /// Anything else (the detail says what).
+    case error
+}
+
+/// What the server knows about one connection, from accept to close, for the line logged when it ends.
+///
+/// Shared by the connection's stages and used on its event loop only. The stage that ends the connection
+/// says why with `end(_:detail:)` (the first reason given wins); the protocol stage counts as it goes.
+public final class ConnectionRecord {
+    public let peer: ConnectionPeer
+    public let started: NIODeadline
+    public var messages = 0
+    public var bytesIn = 0
+    public var bytesOut = 0
+    public var tls: TLSConnectionInfo?
+    public private(set) var end: ConnectionEnd?
+    /// More about the end, when there is more to say (a TLS failure, a PROXY refusal).
+    public private(set) var detail: String?
+
+    public init(peer: ConnectionPeer, started: NIODeadline = .now()) {
+        self.peer = peer
+        self.started = started
+    }
+
+    public func end(_ reason: ConnectionEnd, detail: String? = nil) {
+        guard self.end == nil else { return }
+        self.end = reason
+        self.detail = detail
+    }
+
+    /// The connection line's metadata, in the order a reader wants it (the keys are the JSON keys).
+    public func metadata(now: NIODeadline = .now()) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["peer": .string(self.peer.description)]
+        if let via = self.peer.via { metadata["via"] = .string(ConnectionPeer.format(via)) }
+        if let tls = self.tls {
+            metadata["tls_version"] = .string(tls.version)
+            metadata["cipher"] = .string(tls.cipher)
+            metadata["resumed"] = .stringConvertible(tls.resumed)
+            if let subject = tls.peerSubject { metadata["client_subject"] = .string(subject) }
+        }
+        metadata["messages"] = .stringConvertible(self.messages)
+        metadata["bytes_in"] = .stringConvertible(self.bytesIn)
+        metadata["bytes_out"] = .stringConvertible(self.bytesOut)
+        metadata["duration_s"] = .stringConvertible(Seconds(nanoseconds: (now - self.started).nanoseconds))
+        metadata["end"] = .string((self.end ?? .error).rawValue)
+        if let detail = self.detail { metadata["detail"] = .string(detail) }
+        return metadata
+    }
+
+    /// Logs the connection line at `info`.
+    func log(to logger: Logger) {
+        guard logger.logLevel <= .info else { return }
+        logger.info("connection ended", metadata: self.metadata())
+    }
+}
+
+/// A duration printed as seconds with millisecond precision (`0.004`), a number in JSON.
+struct Seconds: CustomStringConvertible, Sendable {
+    let nanoseconds: Int64
+
+    var description: String {
+        let milliseconds = max(self.nanoseconds, 0) / 1_000_000
+        let fraction = String(milliseconds % 1000)
+        return "\(milliseconds / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+    }
+}
