@@ -1,5 +1,7 @@
+import LengthEcho
 import LengthEchoCore
 import Logging
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -46,60 +48,189 @@ struct QueuedLogHandler: LogHandler {
             let (ra, rb) = (Self.rank[a.key] ?? Int.max, Self.rank[b.key] ?? Int.max)
             return ra != rb ? ra < rb : a.key < b.key
         }
-        var line: [UInt8] = []
-        line.reserveCapacity(256)
-        switch self.format {
-        case .text: Self.text(event, fields: fields, into: &line)
-        case .json: Self.json(event, fields: fields, into: &line)
+        let format = self.format
+        let line = LineBuilder(format: format)
+        Self.writer.line { out in
+            line.start(&out, level: event.level, message: "\(event.message)")
+            for (key, value) in fields { line.field(key, value, &out) }
+            line.finish(&out)
         }
-        Self.writer.line { $0.append(contentsOf: line) }
+    }
+}
+
+/// Writes one diagnostic line into a buffer, field by field, as text (`TIME LEVEL MESSAGE key=value ...`) or
+/// as a JSON object; strings that come from peers are escaped so they can neither break the line nor forge a
+/// field.
+struct LineBuilder {
+    let format: LogFormat
+
+    /// The time, the level and the message.
+    func start(_ out: inout [UInt8], level: Logger.Level, message: String) {
+        switch self.format {
+        case .text:
+            LogTime.append(to: &out)
+            out.append(UInt8(ascii: " "))
+            out.append(contentsOf: level.rawValue.utf8)
+            out.append(UInt8(ascii: " "))
+            Escaping.appendPrintable(Array(message.utf8), to: &out)
+        case .json:
+            out.append(contentsOf: #"{"time":""#.utf8)
+            LogTime.append(to: &out)
+            out.append(contentsOf: #"","level":""#.utf8)
+            out.append(contentsOf: level.rawValue.utf8)
+            out.append(contentsOf: #"","message":"#.utf8)
+            JSON.appendString(message, to: &out)
+        }
     }
 
-    private static func text(
-        _ event: LogEvent, fields: [(key: String, value: Logger.Metadata.Value)], into line: inout [UInt8]
-    ) {
-        LogTime.append(to: &line)
-        line.append(UInt8(ascii: " "))
-        line.append(contentsOf: event.level.rawValue.utf8)
-        line.append(UInt8(ascii: " "))
-        Escaping.appendPrintable(Array("\(event.message)".utf8), to: &line)
-        for (key, value) in fields {
-            line.append(UInt8(ascii: " "))
-            line.append(contentsOf: key.utf8)
-            line.append(UInt8(ascii: "="))
-            let bytes = Array(value.description.utf8)
-            // Quoted when it could be mistaken for more than one field (a certificate subject, say).
-            if bytes.isEmpty || bytes.contains(where: { $0 == 0x20 || $0 == 0x22 || $0 == 0x3D }) {
-                line.append(UInt8(ascii: "\""))
-                var escaped: [UInt8] = []
-                Escaping.appendPrintable(bytes, to: &escaped)
-                for byte in escaped {
-                    if byte == 0x22 { line.append(UInt8(ascii: "\\")) }
-                    line.append(byte)
-                }
-                line.append(UInt8(ascii: "\""))
-            } else {
-                Escaping.appendPrintable(bytes, to: &line)
+    private func key(_ key: String, _ out: inout [UInt8]) {
+        switch self.format {
+        case .text:
+            out.append(UInt8(ascii: " "))
+            out.append(contentsOf: key.utf8)
+            out.append(UInt8(ascii: "="))
+        case .json:
+            out.append(UInt8(ascii: ","))
+            JSON.appendString(key, to: &out)
+            out.append(UInt8(ascii: ":"))
+        }
+    }
+
+    /// A string (a peer's, possibly): quoted in JSON; in text, quoted when it holds a space, `"` or `=`.
+    func field(_ key: String, string: String, _ out: inout [UInt8]) {
+        self.key(key, &out)
+        switch self.format {
+        case .json:
+            JSON.appendString(string, to: &out)
+        case .text:
+            let bytes = Array(string.utf8)
+            guard bytes.isEmpty || bytes.contains(where: { $0 == 0x20 || $0 == 0x22 || $0 == 0x3D }) else {
+                Escaping.appendPrintable(bytes, to: &out)
+                return
+            }
+            var escaped: [UInt8] = []
+            Escaping.appendPrintable(bytes, to: &escaped)
+            out.append(UInt8(ascii: "\""))
+            for byte in escaped {
+                if byte == 0x22 { out.append(UInt8(ascii: "\\")) }
+                out.append(byte)
+            }
+            out.append(UInt8(ascii: "\""))
+        }
+    }
+
+    /// A number or a boolean, as it is (the caller's own text, never a peer's).
+    func field(_ key: String, literal: some Sequence<UInt8>, _ out: inout [UInt8]) {
+        self.key(key, &out)
+        out.append(contentsOf: literal)
+    }
+
+    func field(_ key: String, int: Int, _ out: inout [UInt8]) {
+        self.key(key, &out)
+        Digits.append(int, to: &out)
+    }
+
+    /// `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6); IPv4 written without building a `String`.
+    func field(_ key: String, address: SocketAddress?, _ out: inout [UInt8]) {
+        guard case .v4(let v4)? = address else {
+            self.field(key, string: ConnectionPeer.format(address), &out)
+            return
+        }
+        self.key(key, &out)
+        if self.format == .json { out.append(UInt8(ascii: "\"")) }
+        withUnsafeBytes(of: v4.address.sin_addr) { bytes in
+            for (index, byte) in bytes.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ".")) }
+                Digits.append(Int(byte), to: &out)
             }
         }
+        out.append(UInt8(ascii: ":"))
+        Digits.append(Int(UInt16(bigEndian: v4.address.sin_port)), to: &out)
+        if self.format == .json { out.append(UInt8(ascii: "\"")) }
     }
 
-    private static func json(
-        _ event: LogEvent, fields: [(key: String, value: Logger.Metadata.Value)], into line: inout [UInt8]
-    ) {
-        line.append(contentsOf: #"{"time":""#.utf8)
-        LogTime.append(to: &line)
-        line.append(contentsOf: #"","level":""#.utf8)
-        line.append(contentsOf: event.level.rawValue.utf8)
-        line.append(contentsOf: #"","message":"#.utf8)
-        JSON.appendString("\(event.message)", to: &line)
-        for (key, value) in fields {
-            line.append(UInt8(ascii: ","))
-            JSON.appendString(key, to: &line)
-            line.append(UInt8(ascii: ":"))
-            JSON.append(value, to: &line)
+    /// A swift-log metadata value: numbers and booleans as they are, the rest as strings.
+    func field(_ key: String, _ value: Logger.Metadata.Value, _ out: inout [UInt8]) {
+        switch (self.format, value) {
+        case (_, .string(let string)):
+            self.field(key, string: string, &out)
+        case (_, .stringConvertible(let convertible)):
+            let text = convertible.description
+            if JSON.isLiteral(text) {
+                self.field(key, literal: text.utf8, &out)
+            } else {
+                self.field(key, string: text, &out)
+            }
+        case (.json, _):
+            self.key(key, &out)
+            JSON.append(value, to: &out)
+        case (.text, _):
+            self.field(key, string: value.description, &out)
         }
-        line.append(UInt8(ascii: "}"))
+    }
+
+    func finish(_ out: inout [UInt8]) {
+        if self.format == .json { out.append(UInt8(ascii: "}")) }
+    }
+}
+
+/// The `server` executable's connection lines: written straight into the log buffer from the values, with
+/// none of swift-log's per-line metadata dictionary.
+struct ConnectionLines: Sendable {
+    let format: LogFormat
+    let level: Logger.Level
+
+    func write(_ summary: ConnectionSummary) {
+        let level: Logger.Level = summary.isHealthCheck ? .debug : .info
+        guard self.level <= level else { return }
+        let format = self.format
+        let line = LineBuilder(format: format)
+        QueuedLogHandler.writer.line { out in
+            line.start(&out, level: level, message: "connection ended")
+            line.field("peer", address: summary.peer, &out)
+            if let via = summary.via { line.field("via", address: via, &out) }
+            if let tls = summary.tls {
+                line.field("tls_version", string: tls.version, &out)
+                line.field("cipher", string: tls.cipher, &out)
+                line.field("resumed", literal: (tls.resumed ? "true" : "false").utf8, &out)
+                if let subject = tls.peerSubject { line.field("client_subject", string: subject, &out) }
+            }
+            line.field("messages", int: summary.messages, &out)
+            line.field("bytes_in", int: summary.bytesIn, &out)
+            line.field("bytes_out", int: summary.bytesOut, &out)
+            let milliseconds = max(summary.duration.nanoseconds, 0) / 1_000_000
+            var duration: [UInt8] = []
+            Digits.append(Int(milliseconds / 1000), to: &duration)
+            duration.append(UInt8(ascii: "."))
+            Digits.append(Int(milliseconds % 1000), width: 3, to: &duration)
+            line.field("duration_s", literal: duration, &out)
+            line.field("end", string: summary.end.rawValue, &out)
+            if let detail = summary.detail { line.field("detail", string: detail, &out) }
+            line.finish(&out)
+        }
+    }
+}
+
+/// Decimal digits into a byte buffer.
+enum Digits {
+    static func append(_ value: Int, width: Int = 1, to out: inout [UInt8]) {
+        var digits:
+            (
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
+            ) =
+                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var magnitude = value.magnitude
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[19 - count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                magnitude /= 10
+                count += 1
+            } while magnitude > 0 || count < width
+            if value < 0 { out.append(UInt8(ascii: "-")) }
+            out.append(contentsOf: buffer[(20 - count)...])
+        }
     }
 }
 

@@ -249,6 +249,8 @@ struct ServerCommand: AsyncParsableCommand {
                 throw ExitCode.failure
             }
         }
+        let connectionLines = ConnectionLines(format: format, level: level)
+        configuration.connectionLog = { summary in connectionLines.write(summary) }
         var receiveLog: ReceiveLog?
         if !self.quiet {
             let log = ReceiveLog()

@@ -54,7 +54,7 @@ struct ProxyProtocolServerTests {
 
     @Test("v1 and v2 headers: the client they name is the peer, the balancer is `via`, the framer never sees them")
     func headers() async throws {
-        let (server, port) = try await Self.start()
+        let (server, port) = try await Self.start(["--log-level", "debug"])  // health checks are logged at debug
         defer { server.terminate() }
         #expect(try Self.exchange(port: port, header: Self.v1, message: "hello") == "5 : hello")
         #expect(try Self.exchange(port: port, header: Self.v2, message: "v2") == "2 : v2")
@@ -70,6 +70,7 @@ struct ProxyProtocolServerTests {
         // LOCAL: the balancer's own connection, served as itself.
         let local = try #require(lines.first { ($0["peer"] as? String)?.hasPrefix("127.0.0.1:") == true })
         #expect(local["via"] == nil)
+        #expect(local["level"] as? String == "debug", "a balancer's health checks are not worth an info line each")
         #expect(lines.allSatisfy { $0["end"] as? String == "client-closed" && $0["messages"] as? Int == 1 })
         // Only the messages were framed: the v2 signature's NUL made no message of its own.
         await server.wait { $0.stdout.components(separatedBy: "\n").count >= 5 }

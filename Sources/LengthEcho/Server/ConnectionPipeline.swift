@@ -22,7 +22,8 @@ enum ConnectionPipeline {
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
         let record = ConnectionRecord(peer: ConnectionPeer(address: channel.remoteAddress))
         let logger = configuration.logger
-        channel.closeFuture.assumeIsolated().whenComplete { _ in record.log(to: logger) }
+        let sink = configuration.connectionLog
+        channel.closeFuture.assumeIsolated().whenComplete { _ in record.log(to: logger, sink: sink) }
 
         // The stages after the peer is known.
         let serve = { (pipeline: ChannelPipeline.SynchronousOperations) throws in

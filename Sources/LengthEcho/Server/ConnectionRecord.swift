@@ -80,11 +80,51 @@ public final class ConnectionRecord {
         return metadata
     }
 
-    /// Logs the connection line at `info`.
-    func log(to logger: Logger) {
-        guard logger.logLevel <= .info else { return }
-        logger.info("connection ended", metadata: self.metadata())
+    /// Whether this is a balancer's own connection (a PROXY v2 `LOCAL` health check), logged at `debug`.
+    public var isHealthCheck = false
+
+    /// What the connection line says, as values.
+    public func summary(now: NIODeadline = .now()) -> ConnectionSummary {
+        ConnectionSummary(
+            peer: self.peer.address,
+            via: self.peer.via,
+            tls: self.tls,
+            messages: self.messages,
+            bytesIn: self.bytesIn,
+            bytesOut: self.bytesOut,
+            duration: now - self.started,
+            end: self.end ?? .error,
+            detail: self.detail,
+            isHealthCheck: self.isHealthCheck
+        )
     }
+
+    /// The connection line: to `sink` when the server was given one, else to `logger` at `info` (`debug` for
+    /// a balancer's health check).
+    func log(to logger: Logger, sink: (@Sendable (ConnectionSummary) -> Void)?) {
+        if let sink {
+            sink(self.summary())
+            return
+        }
+        let level: Logger.Level = self.isHealthCheck ? .debug : .info
+        guard logger.logLevel <= level else { return }
+        logger.log(level: level, "connection ended", metadata: self.metadata())
+    }
+}
+
+/// One connection's line, as values: for a program that writes its own log lines (the `server` executable
+/// writes them straight into its log buffer, cheaper than building swift-log metadata per connection).
+public struct ConnectionSummary: Sendable {
+    public var peer: SocketAddress?
+    public var via: SocketAddress?
+    public var tls: TLSConnectionInfo?
+    public var messages: Int
+    public var bytesIn: Int
+    public var bytesOut: Int
+    public var duration: TimeAmount
+    public var end: ConnectionEnd
+    public var detail: String?
+    public var isHealthCheck: Bool
 }
 
 /// A duration printed as seconds with millisecond precision (`0.004`), a number in JSON.

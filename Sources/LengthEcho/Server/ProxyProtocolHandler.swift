@@ -77,9 +77,14 @@ final class ProxyProtocolHandler: ChannelInboundHandler, RemovableChannelHandler
         self.timer?.cancel()
         self.timer = nil
         self.received = nil
-        if case .proxied(let source, _) = header {
+        switch header {
+        case .proxied(let source, _):
             self.record.peer.via = self.record.peer.address
             self.record.peer.address = source
+        case .local:
+            self.record.isHealthCheck = true
+        case .unknown:
+            break
         }
         do {
             try self.next(context)

@@ -37,6 +37,9 @@ public struct ServerConfiguration: Sendable {
     /// Called on the connection's event loop with each message received (the executable prints it), and
     /// who sent it.
     public var onMessage: (@Sendable (ByteBuffer, ConnectionPeer) -> Void)?
+    /// Called on the connection's event loop as each connection ends, with what its line says; when nil, the
+    /// line goes to `logger` at `info`.
+    public var connectionLog: (@Sendable (ConnectionSummary) -> Void)?
     /// Diagnostics: one line per connection at `info` when it ends, and errors, timeouts, refusals.
     public var logger: Logger = Logger(label: "length-echo.server")
 
