@@ -87,17 +87,19 @@ struct RenegotiationTests {
     @Test("a HelloRequest never makes the client drop a message silently: it is refused, and the message answered")
     func helloRequest() async throws {
         let certificates = try await TestCertificates.main.value
-        let port = try ClosedPort().port  // free now; s_server binds it next
+        // Port 0: s_server says which it got (a port picked here and bound later could be taken meanwhile).
         let server = try Executable(
             "/usr/bin/openssl",
             [
-                "s_server", "-accept", "127.0.0.1:\(port)", "-tls1_2", "-cert", certificates.serverCertificate, "-key",
+                "s_server", "-accept", "127.0.0.1:0", "-tls1_2", "-cert", certificates.serverCertificate, "-key",
                 certificates.serverKey, "-naccept", "1",
             ],
             keepStdinOpen: true
         )
         defer { server.terminate(signal: SIGKILL) }
         await server.wait { $0.stdout.contains("ACCEPT") || !$0.isRunning }
+        let line = try #require(server.stdout.split(separator: "\n").first { $0.hasPrefix("ACCEPT") })
+        let port = try #require(line.split(separator: ":").last.flatMap { Int($0) })
         var configuration = ClientConfiguration(port: port)
         configuration.framing = .line
         configuration.replyTimeout = .seconds(10)

@@ -63,6 +63,10 @@ public final class Executable: Sendable {
         posix_spawn_file_actions_adddup2(&actions, input[0], 0)
         posix_spawn_file_actions_adddup2(&actions, output[1], 1)
         posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
+        // Nothing else of this process reaches the child: a socket a test's in-process server holds (NIO does
+        // not make every one close-on-exec) would otherwise stay open in the child after the server closes
+        // it, so its peer would never see the close.
+        _ = addCloseFrom?(&actions, 3)
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
@@ -137,6 +141,24 @@ public final class Executable: Sendable {
         }
     }
 
+    /// The same, for at most `seconds`: whether `condition` held. (A bound, so a test that goes wrong fails
+    /// with what it saw instead of running into its time limit.)
+    public func wait(seconds: Double, until condition: @escaping @Sendable (Executable) -> Bool) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await self.wait(until: condition)
+                return condition(self)
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(seconds))
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first || condition(self)
+        }
+    }
+
     /// Waits for the process to exit and its output to end; returns its exit status (128+N for signal N).
     public func exitStatus() async -> Int32 {
         await self.wait { $0.finished }
@@ -181,6 +203,15 @@ public final class Executable: Sendable {
         if self.state.withLock({ $0.exitStatus == nil }) { kill(self.pid, SIGKILL) }
     }
 }
+
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), which Swift's Glibc module does not
+/// export.
+private let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
+    else { return nil }
+    return unsafeBitCast(
+        symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+}()
 
 /// Runs a command to completion and returns its exit status and its stdout and stderr together.
 public func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {

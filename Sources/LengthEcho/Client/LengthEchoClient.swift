@@ -139,7 +139,12 @@ public actor LengthEchoClient {
     }
 
     private func connection() async throws -> any Channel {
-        if let channel = self.channel, channel.isActive { return channel }
+        if let channel = self.channel {
+            if channel.isActive { return channel }
+            // The server closed it since the last reply (idle, or as the original C server always does).
+            self.channel = nil
+            self.reconnects += 1
+        }
         if let connecting = self.connecting { return try await connecting.value.0 }
         let task = Task { [configuration, group, session] in
             try await Self.connect(configuration, group: group, session: session)

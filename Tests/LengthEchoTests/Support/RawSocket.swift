@@ -19,11 +19,12 @@ final class RawSocket: @unchecked Sendable {
         self.fd = fd
     }
 
-    /// `socket()` and `connect()` to 127.0.0.1 (or ::1), with every later read and write bounded.
+    /// `socket()` and `connect()` to 127.0.0.1 or `host` (or ::1), with every later read and write bounded.
     /// `receiveBuffer` shrinks the socket's receive buffer (before connecting, so the window is small too);
     /// `source` binds the socket to a local IPv4 address first (127.0.0.2: a second client address).
     static func connect(
-        port: Int, ipv6: Bool = false, timeout: Double = 10, receiveBuffer: Int32? = nil, source: String? = nil
+        host: String = "127.0.0.1", port: Int, ipv6: Bool = false, timeout: Double = 10, receiveBuffer: Int32? = nil,
+        source: String? = nil
     ) throws
         -> RawSocket
     {
@@ -60,7 +61,7 @@ final class RawSocket: @unchecked Sendable {
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_port = in_port_t(UInt16(port).bigEndian)
-            address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw Failure(description: "bad \(host)") }
             result = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                     Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
