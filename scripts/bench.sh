@@ -32,6 +32,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v gcc >/dev/null || missing+=(gcc)
 command -v nginx >/dev/null || missing+=(nginx libnginx-mod-stream)
 command -v stunnel >/dev/null || missing+=(stunnel4)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         echo "bench.sh: installing ${missing[*]}" >&2
@@ -63,7 +64,8 @@ CA="$WORK/certs/ca.pem"
 HZ="$(getconf CLK_TCK)"
 
 # Ports of this run (loopback only).
-OURS=14100; C_SERVER=14101; NGINX=14102; STUNNEL=14103; S_SERVER=14104; OURS_TLS=14105
+OURS=14100; C_SERVER=14101; NGINX=14102; STUNNEL=14103; S_SERVER=14104; OURS_TLS=14105; HAPROXY=14106
+BACKENDS=14110  # and the next two: the backends behind HAProxy
 
 cpu_ticks() {  # total utime+stime of the given PIDs, in clock ticks
     local total=0 pid
@@ -120,7 +122,7 @@ measure() {
     cpu="$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')"
     if [ -n "${FRONT_PIDS:-}" ]; then
         LAST_FRONT_CPU="$(awk -v t=$((front_after - front_before)) -v hz="$HZ" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')"
-        note="${note:+$note; }$LAST_FRONT_CPU µs of it in the TLS front"
+        note="${note:+$note; }$LAST_FRONT_CPU µs of it in the front"
     fi
     if [ -n "${CELL_FLOOR_US:-}" ] && [ "$cpu" != "n/a" ]; then
         note="crypto floor $CELL_FLOOR_US µs = $(awk -v f="$CELL_FLOOR_US" -v c="$cpu" 'BEGIN { printf "%.0f", 100 * f / c }')% of the server CPU${note:+; $note}"
@@ -150,8 +152,10 @@ OURS_PID=$LAST_PID
 wait_port "$OURS"
 measure "plaintext, connection per request, 11 B" "length-echo" "$OURS_PID" "" --port "$OURS" -c "$CONNECTIONS" --mode per-request
 OURS_PER_REQ=$LAST_RPS
+OURS_PER_REQ_CPU=$LAST_CPU
 measure "plaintext, persistent, 11 B" "length-echo" "$OURS_PID" "" --port "$OURS" -c "$CONNECTIONS" --mode persistent
 OURS_PLAIN_PERSISTENT=$LAST_RPS
+OURS_PERSISTENT_CPU=$LAST_CPU
 stop "$OURS_PID"
 
 start c-server "$WORK/iterative-server" "$C_SERVER"
@@ -160,6 +164,51 @@ wait_port "$C_SERVER"
 measure "plaintext, connection per request, 11 B" "iterative C server" "$C_PID" "" --port "$C_SERVER" -c "$CONNECTIONS" --mode per-request
 C_PER_REQ=$LAST_RPS
 stop "$C_PID"
+
+if command -v haproxy >/dev/null; then
+    # The scale-out deployment: HAProxy in TCP mode, PROXY v2 to three backends (one event loop each, so the
+    # four processes share the machine's two cores), beside length-echo alone above.
+    echo "bench.sh: HAProxy → 3 length-echo backends (PROXY v2)" >&2
+    BACKEND_PIDS=""
+    for i in 0 1 2; do
+        start "backend$i" "$BIN/server" --quiet --log-level error --host 127.0.0.1 --port $((BACKENDS + i)) --threads 1 \
+            --max-connections 100000 --proxy-protocol --proxy-from 127.0.0.1
+        BACKEND_PIDS="$BACKEND_PIDS $LAST_PID"
+        wait_port $((BACKENDS + i))
+    done
+    cat >"$WORK/haproxy.cfg" <<HAPROXY
+global
+    nbthread 2
+    maxconn 100000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:$HAPROXY
+    default_backend be
+backend be
+    balance roundrobin
+    option tcp-check
+    tcp-check send-binary 636865636b00
+    tcp-check expect binary 35203a20636865636b00
+    default-server send-proxy-v2 check check-send-proxy inter 2s
+    server b0 127.0.0.1:$BACKENDS
+    server b1 127.0.0.1:$((BACKENDS + 1))
+    server b2 127.0.0.1:$((BACKENDS + 2))
+HAPROXY
+    start haproxy haproxy -f "$WORK/haproxy.cfg" -db
+    HAPROXY_PID=$LAST_PID
+    wait_port "$HAPROXY"
+    FRONT_PIDS="$HAPROXY_PID"
+    measure "plaintext, connection per request, 11 B" "HAProxy (2 threads) → 3 length-echo" "$HAPROXY_PID $BACKEND_PIDS" "CPU of HAProxy and the backends" --port "$HAPROXY" -c "$CONNECTIONS" --mode per-request
+    HAPROXY_PER_REQ_CPU=$LAST_CPU
+    measure "plaintext, persistent, 11 B" "HAProxy (2 threads) → 3 length-echo" "$HAPROXY_PID $BACKEND_PIDS" "CPU of HAProxy and the backends" --port "$HAPROXY" -c "$CONNECTIONS" --mode persistent
+    HAPROXY_PERSISTENT_CPU=$LAST_CPU
+    FRONT_PIDS=""
+    stop "$HAPROXY_PID" $BACKEND_PIDS
+fi
 
 echo "bench.sh: TLS" >&2
 start ours-tls "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
@@ -313,6 +362,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 SUMMARY=(
     "- Plaintext, connection per request: length-echo / iterative C server = **$(ratio "$OURS_PER_REQ" "$C_PER_REQ")×** requests/s."
     "- TLS 1.3 full handshake, server CPU: length-echo $OURS_FULL_CPU µs vs nginx+backend ${NGINX_FULL_CPU:-n/a} µs (nginx alone ${NGINX_ONLY_FULL_CPU:-n/a} µs) per handshake: **$(ratio "$OURS_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own; crypto floor (1 ECDSA P-256 sign + 2 X25519) $FLOOR_US µs, so length-echo spends **$(ratio "$OURS_FULL_CPU" "$FLOOR_US")×** the floor."
+    "- Behind HAProxy (PROXY v2, 3 backends), server-side CPU per request against length-echo alone: **$(ratio "${HAPROXY_PER_REQ_CPU:-0}" "$OURS_PER_REQ_CPU")×** connection per request (${HAPROXY_PER_REQ_CPU:-n/a} µs vs $OURS_PER_REQ_CPU µs), **$(ratio "${HAPROXY_PERSISTENT_CPU:-0}" "$OURS_PERSISTENT_CPU")×** persistent (${HAPROXY_PERSISTENT_CPU:-n/a} µs vs $OURS_PERSISTENT_CPU µs): the balancer's cost."
     "- Resumption: full / resumed server CPU = **$(ratio "$OURS_FULL_CPU" "$OURS_RESUMED_CPU")×** on TLS 1.3, **$(ratio "$OURS_FULL12_CPU" "$OURS_RESUMED12_CPU")×** on TLS 1.2."
     "- Persistent 11 B: TLS / plaintext = **$(ratio "$OURS_TLS_PERSISTENT" "$OURS_PLAIN_PERSISTENT")×** requests/s."
     "- Persistent 64 KiB over TLS: $(awk -v r="$OURS_64K_RPS" 'BEGIN { printf "%.0f", r * 65536 * 2 / 1e6 }') MB/s of messages and replies vs the AES-128-GCM floor of $GCM_MBS MB/s (one core) = **$(ratio "$(awk -v r="$OURS_64K_RPS" 'BEGIN { print r * 65536 * 2 / 1e6 }')" "$GCM_MBS")×**."
