@@ -179,7 +179,7 @@ if command -v haproxy >/dev/null; then
     cat >"$WORK/haproxy.cfg" <<HAPROXY
 global
     nbthread 2
-    maxconn 100000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 2s
