@@ -76,6 +76,17 @@ public final class TLSContext: @unchecked Sendable {
         SSL_CTX_free(self.pointer)
     }
 
+    /// The certificate's expiry (its notAfter) in seconds since 1970, or nil without one (a client context
+    /// without a client certificate).
+    public var certificateNotAfter: Int? {
+        guard let certificate = SSL_CTX_get0_certificate(self.pointer),
+            let notAfter = X509_get0_notAfter(certificate)
+        else { return nil }
+        var parts = tm()
+        guard ASN1_TIME_to_tm(notAfter, &parts) == 1 else { return nil }
+        return timegm(&parts)
+    }
+
     /// A new `SSL` for one connection, owned by the caller (`TLSConnection`).
     func makeSSL() -> OpaquePointer? {
         SSL_new(self.pointer)

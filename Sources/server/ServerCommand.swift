@@ -1,10 +1,12 @@
 import ArgumentParser
+import CoreMetrics
 import Foundation
 import LengthEcho
 import LengthEchoCore
 import LengthEchoTLS
 import Logging
 import NIOCore
+import Prometheus
 
 #if canImport(Glibc)
 import Glibc
@@ -79,6 +81,11 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("tls-min"), help: "With --tls: the oldest TLS version accepted, 1.2 or 1.3.")
     var tlsMin: TLSVersion = .tls12
 
+    @Option(
+        name: .customLong("reload-interval"),
+        help: "With --tls: every this many seconds, read the certificate, key and client CA again if they changed.")
+    var reloadInterval: Double?
+
     @Option(name: .customLong("handshake-timeout"), help: "With --tls: seconds a client has to finish its handshake.")
     var handshakeTimeout: Double = 10
 
@@ -113,6 +120,15 @@ struct ServerCommand: AsyncParsableCommand {
     var logLevel: Logger.Level = .info
 
     @Option(
+        name: .long,
+        help: """
+            Serve HTTP status on ADDR:PORT (only a port: 127.0.0.1): /healthz, /readyz (503 while draining or full) \
+            and /metrics (Prometheus). Off by default.
+            """
+    )
+    var status: String?
+
+    @Option(
         name: .customLong("log-format"),
         help: "Diagnostics on stderr: text, or json (one object per line: time, level, message, metadata keys)."
     )
@@ -133,6 +149,7 @@ struct ServerCommand: AsyncParsableCommand {
             ("--idle-timeout", self.idleTimeout, false), ("--message-timeout", self.messageTimeout, false),
             ("--drain-timeout", self.drainTimeout, true), ("--handshake-timeout", self.handshakeTimeout, false),
             ("--proxy-timeout", self.proxyTimeout, false),
+            ("--reload-interval", self.reloadInterval ?? 1, false),
         ] {
             guard value.isFinite, zeroAllowed ? value >= 0 : value > 0, value <= Self.longestTimeout else {
                 throw ValidationError(
@@ -146,8 +163,14 @@ struct ServerCommand: AsyncParsableCommand {
         guard (1...Self.mostThreads).contains(self.threads) else {
             throw ValidationError("--threads must be 1...\(Self.mostThreads)")
         }
-        if !self.tls, self.cert != nil || self.key != nil || self.clientCA != nil || self.clientAuth != .none {
-            throw ValidationError("--cert, --key, --client-ca and --client-auth need --tls")
+        if !self.tls,
+            self.cert != nil || self.key != nil || self.clientCA != nil || self.clientAuth != .none
+                || self.reloadInterval != nil
+        {
+            throw ValidationError("--cert, --key, --client-ca, --client-auth and --reload-interval need --tls")
+        }
+        if let status = self.status, Self.statusAddress(status) == nil {
+            throw ValidationError("--status \(status): expected PORT, ADDR:PORT or [IPv6]:PORT")
         }
         if self.proxyProtocol && self.proxyFrom.isEmpty {
             throw ValidationError(
@@ -200,16 +223,20 @@ struct ServerCommand: AsyncParsableCommand {
 
     /// SIGHUP: read the certificate, key and client CA again (a renewal), for new connections. If they are
     /// not usable, say why and keep serving with the ones already loaded.
-    private func reload(_ server: LengthEchoServer, console: Console) {
+    private func reload(_ server: LengthEchoServer, console: Console, why: String = "SIGHUP") {
         guard self.tls else {
-            console.say(.notice, "SIGHUP: nothing to reload without --tls")
+            console.say(.notice, "\(why): nothing to reload without --tls")
             return
         }
         do {
-            server.replaceTLSContext(try self.makeTLSContext())
-            console.say(.notice, "SIGHUP: reloaded the certificate and key for new connections")
+            let context = try self.makeTLSContext()
+            server.replaceTLSContext(context)
+            Counter(label: "length_echo_reloads_total", dimensions: [("result", "success")]).increment()
+            console.say(.notice, "\(why): reloaded the certificate and key for new connections")
+            Self.warnIfExpiring(context, console: console)
         } catch {
-            console.say(.error, "SIGHUP: kept the certificate already loaded: \(error)")
+            Counter(label: "length_echo_reloads_total", dimensions: [("result", "failure")]).increment()
+            console.say(.error, "\(why): kept the certificate already loaded: \(error)")
         }
     }
 
@@ -225,6 +252,14 @@ struct ServerCommand: AsyncParsableCommand {
         var configuration = ServerConfiguration()
         if !self.host.isEmpty { configuration.hosts = self.host }
         configuration.port = self.port
+        // Run by systemd: its notify socket, and the listening sockets it may pass (then nothing else is bound).
+        let systemd = SystemdNotifier()
+        do {
+            if let sockets = try SocketActivation.listeningSockets() { configuration.listeningSockets = sockets }
+        } catch {
+            console.say(.error, "\(error)")
+            throw ExitCode.failure
+        }
         configuration.framing = self.framing
         configuration.maximumMessageLength = self.maxMessage
         configuration.idleTimeout = .fromSeconds(self.idleTimeout)
@@ -249,6 +284,14 @@ struct ServerCommand: AsyncParsableCommand {
                 throw ExitCode.failure
             }
         }
+        // Metrics: swift-metrics with swift-prometheus behind it, bootstrapped once, only when they are served.
+        let registry = PrometheusCollectorRegistry()
+        if self.status != nil {
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            for result in ["success", "failure"] {
+                Counter(label: "length_echo_reloads_total", dimensions: [("result", result)]).increment(by: 0)
+            }
+        }
         let connectionLines = ConnectionLines(format: format, level: level)
         configuration.connectionLog = { summary in connectionLines.write(summary) }
         var receiveLog: ReceiveLog?
@@ -266,6 +309,18 @@ struct ServerCommand: AsyncParsableCommand {
             console.say(.error, "\(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
             throw ExitCode.failure
         }
+        var statusServer: StatusServer?
+        if let status = self.status, let (host, port) = Self.statusAddress(status) {
+            do {
+                statusServer = try await StatusServer.start(for: server, host: host, port: port) {
+                    registry.emitToBuffer()
+                }
+            } catch {
+                console.say(.error, "status port: \(error)")
+                await server.shutdown()
+                throw ExitCode.failure
+            }
+        }
         let addresses = server.localAddresses.map {
             LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0)
         }
@@ -277,27 +332,110 @@ struct ServerCommand: AsyncParsableCommand {
         let framing = self.framing == .nul ? "" : ", \(self.framing.rawValue) framing"
         let proxy = self.proxyProtocol ? ", PROXY protocol from \(self.proxyFrom.joined(separator: " "))" : ""
         console.say(.notice, "listening on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))")
+        if let address = statusServer?.localAddress {
+            console.say(
+                .notice,
+                "status on http://\(LengthEchoError.format(host: address.ipAddress ?? "?", port: address.port ?? 0))/ (healthz, readyz, metrics)"
+            )
+        }
+        if let context = configuration.tls {
+            Self.warnIfExpiring(context, console: console)
+            Task {  // and daily, for a server that runs for weeks
+                while true {
+                    try await Task.sleep(for: .seconds(24 * 3600))
+                    Self.warnIfExpiring(server.currentTLSContext ?? context, console: console)
+                }
+            }
+        }
+
+        let serving = "serving on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))"
+        systemd.notify("READY=1\nSTATUS=\(serving)")
+        if let interval = systemd.watchdogInterval {
+            Task {  // pinged only while every event loop answers: a stuck loop gets the service restarted
+                while true {
+                    await server.eventLoopsAnswer()
+                    systemd.notify("WATCHDOG=1")
+                    try await Task.sleep(for: interval)
+                }
+            }
+        }
+        if let seconds = self.reloadInterval, self.tls {
+            Task {  // short-lived certificates: read again whenever one of the files changes
+                var seen = self.certificateFilesStamp()
+                while true {
+                    try await Task.sleep(for: .seconds(seconds))
+                    let now = self.certificateFilesStamp()
+                    if now != seen {
+                        seen = now
+                        self.reload(server, console: console, why: "the certificate files changed")
+                    }
+                }
+            }
+        }
 
         var signal = await signals.next()
         while signal == SIGHUP {
+            systemd.reloading()
             self.reload(server, console: console)
+            systemd.notify("READY=1\nSTATUS=\(serving)")
             signal = await signals.next()
         }
-        console.say(
-            .notice, "\(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections")
+        let draining = "\(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections"
+        systemd.notify("STOPPING=1\nSTATUS=\(draining)")
+        console.say(.notice, draining)
         Task {
             while await signals.next() == SIGHUP {}
             console.say(.warning, "second signal, exiting now")
             QueuedLogHandler.writer.flush()
             Glibc.exit(130)
         }
-        await server.shutdown()
+        await server.shutdown()  // the status port stays up through the drain, and stops with the server
         receiveLog?.flush()
         console.say(.notice, "stopped")
     }
 }
 
 extension ServerCommand {
+    /// `PORT` (on 127.0.0.1), `ADDR:PORT` or `[IPv6]:PORT`; nil when it is none of them.
+    static func statusAddress(_ text: String) -> (host: String, port: Int)? {
+        func port(_ digits: Substring) -> Int? {
+            guard let port = Int(digits), (0...65535).contains(port), digits.allSatisfy(\.isNumber) else { return nil }
+            return port
+        }
+        if let only = port(Substring(text)) { return ("127.0.0.1", only) }
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":"), let number = port(rest.dropFirst()) else { return nil }
+            return (String(text[text.index(after: text.startIndex)..<close]), number)
+        }
+        guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":"),
+            let number = port(text[text.index(after: colon)...]), colon > text.startIndex
+        else { return nil }
+        return (String(text[..<colon]), number)
+    }
+
+    /// When each certificate file last changed (and its size), to notice a renewal.
+    func certificateFilesStamp() -> [String] {
+        [self.cert ?? "certs/server.pem", self.key ?? "certs/server.key", self.clientCA].compactMap { $0 }.map { path in
+            var info = stat()
+            guard stat(path, &info) == 0 else { return "\(path): missing" }
+            return "\(path): \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_size) \(info.st_ino)"
+        }
+    }
+
+    /// A warning when the certificate expires within 14 days (or has expired).
+    static func warnIfExpiring(_ context: TLSContext, console: Console) {
+        guard let notAfter = context.certificateNotAfter else { return }
+        let left = Double(notAfter) - Date().timeIntervalSince1970
+        guard left < 14 * 24 * 3600 else { return }
+        let when = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(notAfter)))
+        console.say(
+            .warning,
+            left <= 0
+                ? "warning: the certificate expired at \(when); renew it and send SIGHUP"
+                : "warning: the certificate expires in \(Int(left / 86400)) days (\(when)); renew it and send SIGHUP")
+    }
+
     /// What this program's user can do about a library error, in terms of its own flags.
     static func advice(for error: any Error) -> String? {
         guard case LengthEchoError.bindFailed(_, _, let reason) = error else { return nil }

@@ -40,7 +40,13 @@ public final class Executable: Sendable {
         public let description: String
     }
 
-    public init(_ name: String, _ arguments: [String], stdin: Data? = nil, keepStdinOpen: Bool = false) throws {
+    /// - Parameters:
+    ///   - environment: variables added to (or replacing) this process's environment for the child.
+    ///   - passing: descriptors the child gets as 3, 4, ... (as systemd passes listening sockets).
+    public init(
+        _ name: String, _ arguments: [String], stdin: Data? = nil, keepStdinOpen: Bool = false,
+        environment: [String: String] = [:], passing: [Int32] = []
+    ) throws {
         let path = name.hasPrefix("/") ? name : Self.productsDirectory + "/" + name
         let (changes, notify) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         self.changes = changes
@@ -66,11 +72,28 @@ public final class Executable: Sendable {
         // Nothing else of this process reaches the child: a socket a test's in-process server holds (NIO does
         // not make every one close-on-exec) would otherwise stay open in the child after the server closes
         // it, so its peer would never see the close.
-        _ = addCloseFrom?(&actions, 3)
+        // Passed descriptors are moved above the ones they will become first, so no dup2 overwrites another.
+        for (index, fd) in passing.enumerated() {
+            posix_spawn_file_actions_adddup2(&actions, fd, Int32(100 + index))
+        }
+        for index in passing.indices {
+            posix_spawn_file_actions_adddup2(&actions, Int32(100 + index), Int32(3 + index))
+        }
+        _ = addCloseFrom?(&actions, Int32(3 + passing.count))
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        var variables: [String] = []
+        var index = 0
+        while let entry = environ[index] {
+            let text = String(cString: entry)
+            if !environment.keys.contains(String(text.prefix { $0 != "=" })) { variables.append(text) }
+            index += 1
+        }
+        variables += environment.map { "\($0.key)=\($0.value)" }
+        let envp: [UnsafeMutablePointer<CChar>?] = variables.map { strdup($0) } + [nil]
+        defer { for pointer in envp { free(pointer) } }
+        let result = posix_spawn(&pid, path, &actions, nil, argv, envp)
         close(input[0])
         close(output[1])
         close(errors[1])
@@ -143,6 +166,7 @@ public final class Executable: Sendable {
 
     /// The same, for at most `seconds`: whether `condition` held. (A bound, so a test that goes wrong fails
     /// with what it saw instead of running into its time limit.)
+    @discardableResult
     public func wait(seconds: Double, until condition: @escaping @Sendable (Executable) -> Bool) async -> Bool {
         await withTaskGroup(of: Bool.self) { group in
             group.addTask {

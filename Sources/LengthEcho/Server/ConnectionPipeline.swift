@@ -23,7 +23,10 @@ enum ConnectionPipeline {
         let record = ConnectionRecord(peer: ConnectionPeer(address: channel.remoteAddress))
         let logger = configuration.logger
         let sink = configuration.connectionLog
-        channel.closeFuture.assumeIsolated().whenComplete { _ in record.log(to: logger, sink: sink) }
+        channel.closeFuture.assumeIsolated().whenComplete { _ in
+            record.log(to: logger, sink: sink)
+            loopState.ended(record)
+        }
 
         // The stages after the peer is known.
         let serve = { (pipeline: ChannelPipeline.SynchronousOperations) throws in
@@ -63,7 +66,21 @@ enum ConnectionPipeline {
         }
 
         let pipeline = channel.pipeline.syncOperations
-        if let proxy = configuration.proxyProtocol {
+        do {
+            try Self.stages(pipeline, proxy: configuration.proxyProtocol, record: record, serve: serve)
+        } catch {
+            record.end(.error, detail: "the connection could not be set up: \(error)")
+            throw error
+        }
+    }
+
+    private static func stages(
+        _ pipeline: ChannelPipeline.SynchronousOperations,
+        proxy: ProxyProtocolConfiguration?,
+        record: ConnectionRecord,
+        serve: @escaping (ChannelPipeline.SynchronousOperations) throws -> Void
+    ) throws {
+        if let proxy {
             try pipeline.addHandler(
                 ProxyProtocolHandler(trusted: proxy.trustedSources, timeout: proxy.headerTimeout, record: record) {
                     context in try serve(context.pipeline.syncOperations)

@@ -7,8 +7,10 @@ import NIOCore
 public enum ConnectionEnd: String, Sendable {
     /// The client closed (or half-closed) its side; everything it sent was answered.
     case clientClosed = "client-closed"
-    /// Nothing arrived for the idle timeout, between messages or in the middle of one.
+    /// Nothing arrived for the idle timeout between messages.
     case idle
+    /// Nothing arrived for the idle timeout in the middle of a message.
+    case idleMidMessage = "idle-mid-message"
     /// A message was not finished within the message timeout.
     case messageTimeout = "message-timeout"
     /// A message was longer than the largest accepted.

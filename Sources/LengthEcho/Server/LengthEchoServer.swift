@@ -23,8 +23,13 @@ public final class LengthEchoServer: Sendable {
     private let tracker: ConnectionTracker
     private let tls: TLSContextHolder
     private let loopStates: [NIOLoopBound<ServerLoopState>]
-    private let group: any EventLoopGroup
+    let group: any EventLoopGroup
     private let ownsGroup: Bool
+    private let metrics: ServerMetrics
+    private let draining = Atomic<Bool>(false)
+    /// Channels that live on the server's event loops and end with it (the status port): closed after the
+    /// drain, before the loops stop.
+    private let companions = Mutex<[any Channel]>([])
 
     /// The port the server listens on (the one the system chose, when configured with port 0).
     public var port: Int { self.localAddresses.first?.port ?? self.configuration.port }
@@ -33,6 +38,48 @@ public final class LengthEchoServer: Sendable {
     /// already open keep the context they started with. Only for a server started with TLS.
     public func replaceTLSContext(_ context: TLSContext) {
         self.tls.replace(context)
+        self.metrics.certificate(notAfter: context.certificateNotAfter)
+    }
+
+    /// The TLS context new connections get (nil for plaintext).
+    public var currentTLSContext: TLSContext? { self.tls.current }
+
+    /// Whether a balancer should send new connections: listening, not draining, and below the connection cap.
+    public var readiness: Readiness {
+        if self.draining.load(ordering: .relaxed) { return .draining }
+        if self.tracker.count >= self.tracker.limit { return .full }
+        return .ready
+    }
+
+    public enum Readiness: Sendable, Equatable {
+        case ready
+        /// A drain has begun: the listeners are closing or closed.
+        case draining
+        /// The connection cap is reached.
+        case full
+    }
+
+    /// Closes `channel` when the server stops, after the drain and before its event loops stop.
+    func addCompanion(_ channel: any Channel) {
+        self.companions.withLock { $0.append(channel) }
+    }
+
+    /// Returns once every event loop has run a task: they are all turning (for a watchdog).
+    public func eventLoopsAnswer() async {
+        for state in self.loopStates {
+            try? await state.eventLoop.submit {}.get()
+        }
+    }
+
+    /// Folds every event loop's counts (open connections as they stand) and publishes them through
+    /// swift-metrics, so what the metrics backend shows next includes every message answered before this call.
+    public func publishMetrics() async {
+        let totals = self.loopStates.map { state in state.eventLoop.submit { state.value.totals() } }
+        var sum = ConnectionTotals()
+        for future in totals {
+            if let loop = try? await future.get() { sum.add(loop) }
+        }
+        self.metrics.publish(sum, open: self.tracker.count)
     }
 
     /// The number of open client connections.
@@ -45,8 +92,10 @@ public final class LengthEchoServer: Sendable {
         tls: TLSContextHolder,
         loopStates: [NIOLoopBound<ServerLoopState>],
         group: any EventLoopGroup,
-        ownsGroup: Bool
+        ownsGroup: Bool,
+        metrics: ServerMetrics
     ) {
+        self.metrics = metrics
         self.tls = tls
         self.loopStates = loopStates
         self.configuration = configuration
@@ -72,6 +121,8 @@ public final class LengthEchoServer: Sendable {
         let group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let tracker = ConnectionTracker(limit: configuration.maximumConnections)
         let tls = TLSContextHolder(configuration.tls)
+        let metrics = ServerMetrics()
+        metrics.certificate(notAfter: configuration.tls?.certificateNotAfter)
 
         // One listening socket per event loop (SO_REUSEPORT): the kernel spreads connections over them, and
         // each connection lives on the loop that accepted it, with no hand-off between threads.
@@ -80,7 +131,8 @@ public final class LengthEchoServer: Sendable {
         for loop in loops {
             loopStates.append(
                 try await loop.submit {
-                    NIOLoopBound(ServerLoopState(loop: loop, configuration: configuration), eventLoop: loop)
+                    NIOLoopBound(
+                        ServerLoopState(loop: loop, configuration: configuration, metrics: metrics), eventLoop: loop)
                 }.get()
             )
         }
@@ -91,7 +143,11 @@ public final class LengthEchoServer: Sendable {
                 // `states` has an entry for every loop of `loops`.
                 Self.bootstrap(
                     loop: loop,
-                    loopState: states[ObjectIdentifier(loop)] ?? loopStates[0],
+                    // Each connection stays on the loop that accepted it. (A socket systemd passed is accepted on one
+                    // loop; handing its connections to other loops left a few per restart unserved.)
+                    childGroup: loop,
+                    loopStates: states,
+                    fallback: loopStates[0],
                     tls: tls,
                     configuration: configuration,
                     tracker: tracker,
@@ -109,19 +165,22 @@ public final class LengthEchoServer: Sendable {
             tls: tls,
             loopStates: loopStates,
             group: group,
-            ownsGroup: ownsGroup
+            ownsGroup: ownsGroup,
+            metrics: metrics
         )
     }
 
     private static func bootstrap(
         loop: any EventLoop,
-        loopState: NIOLoopBound<ServerLoopState>,
+        childGroup: any EventLoopGroup,
+        loopStates: [ObjectIdentifier: NIOLoopBound<ServerLoopState>],
+        fallback: NIOLoopBound<ServerLoopState>,
         tls: TLSContextHolder,
         configuration: ServerConfiguration,
         tracker: ConnectionTracker,
         ipv6Only: Bool
     ) -> ServerBootstrap {
-        var bootstrap = ServerBootstrap(group: loop, childGroup: loop)
+        var bootstrap = ServerBootstrap(group: loop, childGroup: childGroup)
             .serverChannelOption(.backlog, value: configuration.backlog)
             // A restarted server binds at once, even while old connections sit in TIME_WAIT.
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -140,11 +199,12 @@ public final class LengthEchoServer: Sendable {
             bootstrap
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // The child lives on the loop that accepted it, which owns this state.
+                    // The state of the child's own loop (the one that accepted it, unless the socket was passed).
+                    // `loopStates` has an entry for every loop of the group.
                     try ConnectionPipeline.configure(
                         channel,
                         configuration: configuration,
-                        loopState: loopState.value,
+                        loopState: (loopStates[ObjectIdentifier(channel.eventLoop)] ?? fallback).value,
                         tls: tls.current,
                         tracker: tracker
                     )
@@ -156,8 +216,14 @@ public final class LengthEchoServer: Sendable {
     /// accepted or just answered gets a short grace to send its next message, which is answered too; idle
     /// connections close at once; connections still open after `drainTimeout` are closed.
     public func shutdown() async {
+        self.draining.store(true, ordering: .relaxed)
         for listener in self.listeners {
             try? await listener.close()
+        }
+        // Connections accepted just before the listeners closed may still be on their way to their loops (a
+        // passed socket's connections are handed to other loops): let every loop take them in before draining.
+        for state in self.loopStates {
+            try? await state.eventLoop.submit {}.get()
         }
         let drained = self.loopStates.map { state in state.eventLoop.flatSubmit { state.value.drain() } }
         let loop = self.group.next()
@@ -167,6 +233,9 @@ public final class LengthEchoServer: Sendable {
         }
         try? await EventLoopFuture.andAllComplete(drained, on: loop).get()
         timeout.cancel()
+        for channel in self.companions.withLock({ $0 }) {
+            try? await channel.close()
+        }
         if self.ownsGroup {
             try? await self.group.shutdownGracefully()
         }

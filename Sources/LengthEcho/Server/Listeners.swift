@@ -19,6 +19,9 @@ enum Listeners {
         loops: [any EventLoop],
         bootstrap: (any EventLoop, Bool) -> ServerBootstrap
     ) async throws(LengthEchoError) -> [any Channel] {
+        if !configuration.listeningSockets.isEmpty {
+            return try await Self.adopt(configuration.listeningSockets, loops: loops, bootstrap: bootstrap)
+        }
         var listeners: [any Channel] = []
         var port = configuration.port
         let usingDefaults = configuration.hosts == ServerConfiguration.allAddresses
@@ -61,6 +64,28 @@ enum Listeners {
         } catch {
             for listener in listeners { try? await listener.close() }
             throw error as? LengthEchoError ?? .bindFailed(host: "?", port: port, reason: .other("\(error)"))
+        }
+        return listeners
+    }
+
+    /// Serves sockets that are already listening (passed by systemd), each on one loop in turn: two loops
+    /// polling one socket would race for each connection. Several passed sockets use several loops.
+    static func adopt(
+        _ sockets: [Int32],
+        loops: [any EventLoop],
+        bootstrap: (any EventLoop, Bool) -> ServerBootstrap
+    ) async throws(LengthEchoError) -> [any Channel] {
+        var listeners: [any Channel] = []
+        do {
+            for (index, socket) in sockets.enumerated() {
+                let loop = loops[index % loops.count]
+                listeners.append(try await bootstrap(loop, false).withBoundSocket(socket).get())
+            }
+        } catch {
+            for listener in listeners { try? await listener.close() }
+            let errno = (error as? IOError)?.errnoCode
+            throw .bindFailed(
+                host: "a passed socket", port: 0, reason: errno.map(Self.reason(errno:)) ?? .other("\(error)"))
         }
         return listeners
     }

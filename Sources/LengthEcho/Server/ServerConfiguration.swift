@@ -10,6 +10,9 @@ public struct ServerConfiguration: Sendable {
     public var hosts: [String] = ServerConfiguration.allAddresses
     /// The TCP port; 0 asks the system for a free one (see `LengthEchoServer.port`).
     public var port: Int = 4000
+    /// Listening sockets to adopt instead of binding `hosts` and `port` (systemd's socket activation): each is
+    /// served on every event loop. The server takes them over and closes them when it stops.
+    public var listeningSockets: [Int32] = []
     /// What ends each message and each reply: NUL (the original protocol) or a newline.
     public var framing: Framing = .nul
     /// The largest message accepted, in bytes, without its terminator. The original read at most 1024 bytes.

@@ -47,7 +47,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private let framing: Framing
     /// Who is on the other end, as the stages before this one established it, and what the connection line
     /// will say: this stage counts messages and bytes and says why the connection ended.
-    private let record: ConnectionRecord
+    let record: ConnectionRecord
     private var state = State.serving
     /// What has arrived and is not yet a whole message (nothing, between messages).
     private var framer: MessageFramer
@@ -223,6 +223,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
                 // A finished handshake is the peer's doing too: its first message follows.
                 self.lastActivity = .now()
                 self.record.tls = info
+                self.loopState.metrics.handshakeSeconds.recordNanoseconds(
+                    (self.lastActivity - self.record.started).nanoseconds)
             case .handshakeFailed(let error):
                 let end: ConnectionEnd =
                     switch error.kind {
@@ -373,7 +375,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
                         context: context,
                         reason: "timed out: nothing arrived for \(Self.seconds(self.idleTimeout)) s in the middle of a "
                             + "message (the idle timeout)",
-                        end: .idle
+                        end: .idleMidMessage
                     )
                 }
             } else if self.draining && now >= self.lastActivity + Self.drainGrace {

@@ -19,6 +19,10 @@ final class ServerLoopState {
     let busyRefusal: ByteBuffer
     private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] =
         [:]
+    /// The server's metrics (shared by every loop; published from the loops' totals).
+    let metrics: ServerMetrics
+    /// What this loop's connections that ended amount to.
+    private var ended = ConnectionTotals()
     private var sweep: Scheduled<Void>?
     /// The most connections this loop held since memory was last given back.
     private var peak = 0
@@ -27,8 +31,9 @@ final class ServerLoopState {
     private let loop: any EventLoop
     private let interval: TimeAmount
 
-    init(loop: any EventLoop, configuration: ServerConfiguration) {
+    init(loop: any EventLoop, configuration: ServerConfiguration, metrics: ServerMetrics) {
         self.loop = loop
+        self.metrics = metrics
         // Deadlines are found within a quarter of the shortest timeout (at most a second late).
         let shortest = min(configuration.idleTimeout.nanoseconds, configuration.messageTimeout.nanoseconds)
         self.interval = .nanoseconds(min(max(shortest / 4, 10_000_000), 1_000_000_000))
@@ -51,6 +56,19 @@ final class ServerLoopState {
     func forget(_ handler: LengthEchoServerHandler) {
         self.connections.removeValue(forKey: ObjectIdentifier(handler))
         if self.connections.isEmpty { self.drained?.succeed() }
+    }
+
+    /// A connection of this loop ended: its line's values join the loop's totals.
+    func ended(_ record: ConnectionRecord) {
+        self.ended.add(record)
+        self.metrics.connectionSeconds.recordNanoseconds((NIODeadline.now() - record.started).nanoseconds)
+    }
+
+    /// This loop's totals: the connections that ended, and those still open as they stand now.
+    func totals() -> ConnectionTotals {
+        var totals = self.ended
+        for entry in self.connections.values { totals.add(entry.handler.record) }
+        return totals
     }
 
     /// Tells every connection of this loop to drain. The future completes once every connection of this loop,
