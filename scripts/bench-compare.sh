@@ -5,13 +5,16 @@
 # usage: [ONLY=TEXT] [DURATION=S] scripts/bench-compare.sh BEFORE_BIN_DIR AFTER_BIN_DIR [ROUNDS]
 #   each BIN_DIR holds a release `server`; the load comes from AFTER_BIN_DIR's `bench` for both.
 #   ONLY keeps the cells whose name contains TEXT. LOG_LEVEL (default error) is the servers' --log-level; info
-#   logs a line per connection, written to LOG_FILE (default /dev/null), to measure what that costs. Rounds alternate the order (before, after / after, before) so drift on a shared machine cancels out.
+#   logs a line per connection, written to LOG_FILE (default /dev/null), to measure what that costs.
+#   AFTER_FLAGS are extra server flags for the AFTER side only: the same build with a feature on against off,
+#   say AFTER_FLAGS="--status 0" scripts/bench-compare.sh .build/release .build/release. Rounds alternate the order (before, after / after, before) so drift on a shared machine cancels out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE="$1"; AFTER="$2"; ROUNDS="${3:-2}"
 DURATION="${DURATION:-3}"
 LOG_LEVEL="${LOG_LEVEL:-error}"
 LOG_FILE="${LOG_FILE:-/dev/null}"
+AFTER_FLAGS="${AFTER_FLAGS:-}"
 BENCH="$AFTER/bench"
 WORK="$(mktemp -d)"
 PIDS=()
@@ -73,9 +76,9 @@ for cell in "${CELLS[@]}"; do
     b_total=0; a_total=0
     for round in $(seq 1 "$ROUNDS"); do
         if [ $((round % 2)) -eq 1 ]; then
-            b="$(cell_cpu "$BEFORE" "${args[@]}")"; a="$(cell_cpu "$AFTER" "${args[@]}")"
+            b="$(cell_cpu "$BEFORE" "${args[@]}")"; a="$(cell_cpu "$AFTER" $AFTER_FLAGS "${args[@]}")"
         else
-            a="$(cell_cpu "$AFTER" "${args[@]}")"; b="$(cell_cpu "$BEFORE" "${args[@]}")"
+            a="$(cell_cpu "$AFTER" $AFTER_FLAGS "${args[@]}")"; b="$(cell_cpu "$BEFORE" "${args[@]}")"
         fi
         b_total="$(awk -v x="$b_total" -v y="$b" 'BEGIN { print x + y }')"
         a_total="$(awk -v x="$a_total" -v y="$a" 'BEGIN { print x + y }')"
