@@ -7,6 +7,9 @@ import LengthEchoTLS
 import Logging
 import NIOCore
 import Prometheus
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -241,6 +244,8 @@ struct ServerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Trapped first: a signal that arrives while the server starts is handled once it is up, never fatal.
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
         let (level, format) = (self.logLevel, self.logFormat)
         LoggingSystem.bootstrap { label in
             var handler = QueuedLogHandler(label: label, format: format)
@@ -301,7 +306,6 @@ struct ServerCommand: AsyncParsableCommand {
             configuration.onMessage = { message, _ in log.print(message) }
         }
 
-        let signals = SignalWaiter(SIGINT, SIGTERM, SIGHUP)
         let server: LengthEchoServer
         do {
             server = try await LengthEchoServer.start(configuration: configuration)
@@ -338,58 +342,74 @@ struct ServerCommand: AsyncParsableCommand {
                 "status on http://\(LengthEchoError.format(host: address.ipAddress ?? "?", port: address.port ?? 0))/ (healthz, readyz, metrics)"
             )
         }
-        if let context = configuration.tls {
-            Self.warnIfExpiring(context, console: console)
-            Task {  // and daily, for a server that runs for weeks
-                while true {
-                    try await Task.sleep(for: .seconds(24 * 3600))
-                    Self.warnIfExpiring(server.currentTLSContext ?? context, console: console)
-                }
-            }
-        }
-
+        // The lifecycle, with swift-service-lifecycle: the server and its helpers as services of one group,
+        // whose graceful shutdown (SIGTERM or SIGINT) drains the server last.
         let serving = "serving on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))"
-        systemd.notify("READY=1\nSTATUS=\(serving)")
+        var services: [any Service] = [DrainingServer(server: server)]
+        if let context = configuration.tls {
+            services.append(
+                Repeating(every: .seconds(24 * 3600), now: true) {  // at start, then daily
+                    Self.warnIfExpiring(server.currentTLSContext ?? context, console: console)
+                })
+        }
         if let interval = systemd.watchdogInterval {
-            Task {  // pinged only while every event loop answers: a stuck loop gets the service restarted
-                while true {
+            services.append(
+                Repeating(every: interval, now: true) {  // pinged only while every event loop answers
                     await server.eventLoopsAnswer()
                     systemd.notify("WATCHDOG=1")
-                    try await Task.sleep(for: interval)
-                }
-            }
+                })
         }
         if let seconds = self.reloadInterval, self.tls {
-            Task {  // short-lived certificates: read again whenever one of the files changes
-                var seen = self.certificateFilesStamp()
-                while true {
-                    try await Task.sleep(for: .seconds(seconds))
+            let stamp = Mutex(self.certificateFilesStamp())
+            services.append(
+                Repeating(every: .seconds(seconds), now: false) {  // short-lived certificates
                     let now = self.certificateFilesStamp()
-                    if now != seen {
-                        seen = now
+                    if stamp.withLock({ seen in
+                        defer { seen = now }; return seen != now
+                    }) {
                         self.reload(server, console: console, why: "the certificate files changed")
                     }
+                })
+        }
+        var lifecycleLogger = Logger(label: "length-echo.lifecycle")
+        lifecycleLogger.logLevel = max(level, .notice)
+        let group = ServiceGroup(services: services, logger: lifecycleLogger)
+        systemd.notify("READY=1\nSTATUS=\(serving)")
+
+        // Signals: trapped since start-up (none is lost), handed to the group: SIGHUP reloads, the first SIGTERM
+        // or SIGINT drains, a second one exits at once.
+        let signalTask = Task {
+            var draining = false
+            for await signal in signals {
+                switch signal {
+                case .sighup where !draining:
+                    systemd.reloading()
+                    self.reload(server, console: console)
+                    systemd.notify("READY=1\nSTATUS=\(serving)")
+                case .sighup:
+                    continue
+                default:
+                    guard !draining else {
+                        console.say(.warning, "second signal, exiting now")
+                        QueuedLogHandler.writer.flush()
+                        Glibc.exit(130)
+                    }
+                    draining = true
+                    let message =
+                        "\(signal == .sigint ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections"
+                    systemd.notify("STOPPING=1\nSTATUS=\(message)")
+                    console.say(.notice, message)
+                    await group.triggerGracefulShutdown()
                 }
             }
         }
-
-        var signal = await signals.next()
-        while signal == SIGHUP {
-            systemd.reloading()
-            self.reload(server, console: console)
-            systemd.notify("READY=1\nSTATUS=\(serving)")
-            signal = await signals.next()
+        defer { signalTask.cancel() }
+        do {
+            try await group.run()
+        } catch {
+            console.say(.error, "\(error)")
+            await server.shutdown()
         }
-        let draining = "\(signal == SIGINT ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections"
-        systemd.notify("STOPPING=1\nSTATUS=\(draining)")
-        console.say(.notice, draining)
-        Task {
-            while await signals.next() == SIGHUP {}
-            console.say(.warning, "second signal, exiting now")
-            QueuedLogHandler.writer.flush()
-            Glibc.exit(130)
-        }
-        await server.shutdown()  // the status port stays up through the drain, and stops with the server
         receiveLog?.flush()
         console.say(.notice, "stopped")
     }
@@ -470,6 +490,40 @@ struct Console: Sendable {
         switch self.format {
         case .text: Standard.error("server: \(text)")
         case .json: self.logger.log(level: level, "\(text)")
+        }
+    }
+}
+
+/// The server as a service: it runs until the group shuts down gracefully, then drains (the status port
+/// stays up through the drain and stops with it).
+struct DrainingServer: Service {
+    let server: LengthEchoServer
+
+    func run() async throws {
+        try? await gracefulShutdown()  // returns when the group shuts down (or is cancelled)
+        await self.server.shutdown()
+    }
+}
+
+/// Runs `body` every `interval` (first at once when `now`) until the group shuts down.
+struct Repeating: Service {
+    let interval: Duration
+    let now: Bool
+    let body: @Sendable () async -> Void
+
+    init(every interval: Duration, now: Bool, _ body: @escaping @Sendable () async -> Void) {
+        self.interval = interval
+        self.now = now
+        self.body = body
+    }
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            if self.now { await self.body() }
+            while !Task.isCancelled {
+                try await Task.sleep(for: self.interval)
+                await self.body()
+            }
         }
     }
 }

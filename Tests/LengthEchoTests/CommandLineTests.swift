@@ -274,4 +274,29 @@ struct CommandLineTests {
         server.terminate()
         #expect(await server.exitStatus() == 0)
     }
+
+    @Test("a second SIGTERM during a drain exits at once with 130; the first drains and exits 0")
+    func secondSignal() async throws {
+        let (server, port) = try await self.startServer(["--quiet", "--drain-timeout", "30"])
+        let socket = try await blocking { () -> RawSocket in
+            let socket = try RawSocket.connect(port: port)
+            try socket.write(bytes("half a mess"))  // holds the drain open
+            return socket
+        }
+        server.terminate()
+        await server.wait(seconds: 10) { $0.stderr.contains("draining 1 connections") || !$0.isRunning }
+        server.terminate()
+        #expect(await server.exitStatus() == 130)
+        #expect(server.stderr.contains("second signal, exiting now"))
+        _ = socket
+    }
+
+    @Test("shell completion scripts come from the argument parser")
+    func completion() throws {
+        for shell in ["bash", "zsh", "fish"] {
+            let result = try run(
+                Executable.productsDirectory + "/server", ["--generate-completion-script", shell])
+            #expect(result.status == 0 && result.output.contains("--proxy-protocol"), "\(shell)")
+        }
+    }
 }
