@@ -59,6 +59,21 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-connections"), help: "Connections beyond this many are refused.")
     var maxConnections: Int = 10_000
 
+    @Option(
+        name: .customLong("max-connections-per-ip"),
+        help: "Connections from one client address (after PROXY) beyond this many are refused, before any TLS work.")
+    var maxConnectionsPerIP: Int?
+
+    @Option(
+        name: .customLong("allow-from"),
+        help: "Serve only clients (after PROXY) in these ranges: an address or CIDR; repeat for several.")
+    var allowFrom: [String] = []
+
+    @Option(
+        name: .customLong("deny-from"),
+        help: "Refuse clients (after PROXY) in these ranges, closed before any TLS work; repeat for several.")
+    var denyFrom: [String] = []
+
     @Option(name: .customLong("drain-timeout"), help: "Seconds to finish open messages on SIGINT/SIGTERM.")
     var drainTimeout: Double = 10
 
@@ -83,6 +98,15 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("tls-min"), help: "With --tls: the oldest TLS version accepted, 1.2 or 1.3.")
     var tlsMin: TLSVersion = .tls12
+
+    @Option(
+        name: .customLong("handshake-rate"),
+        help: """
+            With --tls: TLS handshakes per second one client address may start (a bucket holding this many); over \
+            it, connections are closed before any TLS work, logged at most once a second per address.
+            """
+    )
+    var handshakeRate: Int?
 
     @Option(
         name: .customLong("reload-interval"),
@@ -171,6 +195,18 @@ struct ServerCommand: AsyncParsableCommand {
                 || self.reloadInterval != nil
         {
             throw ValidationError("--cert, --key, --client-ca, --client-auth and --reload-interval need --tls")
+        }
+        for (flag, ranges) in [("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom)] {
+            for range in ranges where AddressRange(range) == nil {
+                throw ValidationError("\(flag) \(range): not an address or CIDR range (10.0.0.0/8, 192.0.2.7, ::1)")
+            }
+        }
+        if let n = self.maxConnectionsPerIP, !(1...10_000_000).contains(n) {
+            throw ValidationError("--max-connections-per-ip must be 1...10000000")
+        }
+        if let n = self.handshakeRate {
+            guard self.tls else { throw ValidationError("--handshake-rate needs --tls") }
+            guard (1...1_000_000).contains(n) else { throw ValidationError("--handshake-rate must be 1...1000000") }
         }
         if let status = self.status, Self.statusAddress(status) == nil {
             throw ValidationError("--status \(status): expected PORT, ADDR:PORT or [IPv6]:PORT")
@@ -273,6 +309,12 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.drainTimeout = .fromSeconds(self.drainTimeout)
         configuration.threads = self.threads
         configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
+        configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
+        configuration.handshakesPerSecondPerAddress = self.handshakeRate
+        if !self.allowFrom.isEmpty || !self.denyFrom.isEmpty {
+            configuration.addressPolicy = AddressPolicy(
+                allow: self.allowFrom.compactMap(AddressRange.init), deny: self.denyFrom.compactMap(AddressRange.init))
+        }
         if self.proxyProtocol {
             configuration.proxyProtocol = ProxyProtocolConfiguration(
                 trustedSources: self.proxyFrom.compactMap(AddressRange.init),

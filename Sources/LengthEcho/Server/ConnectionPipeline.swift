@@ -16,20 +16,51 @@ enum ConnectionPipeline {
         configuration: ServerConfiguration,
         loopState: ServerLoopState,
         tls: TLSContext?,
-        tracker: ConnectionTracker
+        tracker: ConnectionTracker,
+        limits: AddressLimits
     ) throws {
         // A client's half-close is its last message, not the end of the conversation.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
         let record = ConnectionRecord(peer: ConnectionPeer(address: channel.remoteAddress))
         let logger = configuration.logger
         let sink = configuration.connectionLog
+        var admittedAddress: AddressKey?
         channel.closeFuture.assumeIsolated().whenComplete { _ in
+            if let key = admittedAddress { limits.release(key) }
             record.log(to: logger, sink: sink)
             loopState.ended(record)
         }
 
-        // The stages after the peer is known.
+        // The stages after the peer is known: admission (who may connect, how many from one address, how
+        // fast they may make us do TLS handshakes, the cap), then TLS and the protocol.
         let serve = { (pipeline: ChannelPipeline.SynchronousOperations) throws in
+            if let policy = configuration.addressPolicy, let why = policy.refusal(for: record.peer.address) {
+                record.end(.denied, detail: why)
+                channel.close(promise: nil)
+                return
+            }
+            let key = AddressKey(record.peer.address)
+            if let key {
+                guard limits.admit(key) else {
+                    record.end(.perAddressLimit)
+                    try pipeline.addHandler(BusyRejectHandler(refusal: loopState.perAddressRefusal))
+                    return
+                }
+                admittedAddress = key
+                if tls != nil {
+                    let (allowed, log) = limits.takeHandshake(key)
+                    guard allowed else {
+                        if log {
+                            logger.notice(
+                                "refusing TLS handshakes from this address: more than \(limits.handshakesPerSecond ?? 0) a second",
+                                metadata: record.peer.loggerMetadata)
+                        }
+                        record.end(.handshakeRate)
+                        channel.close(promise: nil)
+                        return
+                    }
+                }
+            }
             guard tracker.admit() else {
                 if loopState.logBudget.allow(logger: logger) {
                     logger.warning(

@@ -23,6 +23,12 @@ public enum ConnectionEnd: String, Sendable {
     case drainTimeout = "drain-timeout"
     /// Refused: the server was at its connection cap.
     case busy
+    /// Refused: the address is denied, or in no allowed range.
+    case denied
+    /// Refused: the address has its maximum of connections open.
+    case perAddressLimit = "per-address-limit"
+    /// Refused before any TLS work: the address is over its rate of handshakes.
+    case handshakeRate = "handshake-rate"
     /// Refused: no valid PROXY header, from an address not trusted to send one, or not in time.
     case proxyRefused = "proxy-refused"
     /// The TLS handshake failed (the detail says why).

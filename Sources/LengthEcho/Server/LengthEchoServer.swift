@@ -120,6 +120,9 @@ public final class LengthEchoServer: Sendable {
         let ownsGroup = group == nil
         let group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let tracker = ConnectionTracker(limit: configuration.maximumConnections)
+        let limits = AddressLimits(
+            maximumOpen: configuration.maximumConnectionsPerAddress,
+            handshakesPerSecond: configuration.handshakesPerSecondPerAddress)
         let tls = TLSContextHolder(configuration.tls)
         let metrics = ServerMetrics()
         metrics.certificate(notAfter: configuration.tls?.certificateNotAfter)
@@ -151,6 +154,7 @@ public final class LengthEchoServer: Sendable {
                     tls: tls,
                     configuration: configuration,
                     tracker: tracker,
+                    limits: limits,
                     ipv6Only: ipv6Only
                 )
             }
@@ -178,6 +182,7 @@ public final class LengthEchoServer: Sendable {
         tls: TLSContextHolder,
         configuration: ServerConfiguration,
         tracker: ConnectionTracker,
+        limits: AddressLimits,
         ipv6Only: Bool
     ) -> ServerBootstrap {
         var bootstrap = ServerBootstrap(group: loop, childGroup: childGroup)
@@ -206,7 +211,8 @@ public final class LengthEchoServer: Sendable {
                         configuration: configuration,
                         loopState: (loopStates[ObjectIdentifier(channel.eventLoop)] ?? fallback).value,
                         tls: tls.current,
-                        tracker: tracker
+                        tracker: tracker,
+                        limits: limits
                     )
                 }
             }

@@ -24,6 +24,14 @@ public struct ServerConfiguration: Sendable {
     public var messageTimeout: TimeAmount = .seconds(30)
     /// Connections beyond this many are answered `error: server busy` and closed.
     public var maximumConnections: Int = 10_000
+    /// Connections from one address (the client's, after PROXY) beyond this many are answered
+    /// `error: server busy: ...` and closed, before any TLS work. Nil: no limit.
+    public var maximumConnectionsPerAddress: Int?
+    /// TLS handshakes per second one address may make us start (a token bucket holding this many); over it,
+    /// a connection is closed before any TLS work, with a log line at most once a second per address. Nil: no limit.
+    public var handshakesPerSecondPerAddress: Int?
+    /// Who may connect, by address (after PROXY), checked before any TLS work. Nil: everyone.
+    public var addressPolicy: AddressPolicy?
     /// On shutdown, how long connections get to finish the message they are sending.
     public var drainTimeout: TimeAmount = .seconds(10)
     /// The listen backlog.

@@ -17,6 +17,8 @@ final class ServerLoopState {
     let plaintextRefusal: ByteBuffer
     /// The answer to a connection over the connection cap.
     let busyRefusal: ByteBuffer
+    /// The answer to a connection from an address that has its maximum open.
+    let perAddressRefusal: ByteBuffer
     private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] =
         [:]
     /// The server's metrics (shared by every loop; published from the loops' totals).
@@ -39,6 +41,10 @@ final class ServerLoopState {
         self.interval = .nanoseconds(min(max(shortest / 4, 10_000_000), 1_000_000_000))
         self.plaintextRefusal = Reply.error(
             "this port speaks TLS; connect with a TLS client", framing: configuration.framing)
+        self.perAddressRefusal = Reply.error(
+            "server busy: \(configuration.maximumConnectionsPerAddress ?? 0) connections from your address are open, the limit; try again later",
+            framing: configuration.framing
+        )
         self.busyRefusal = Reply.error(
             "server busy: \(configuration.maximumConnections) connections are open, the limit; try again later",
             framing: configuration.framing

@@ -104,6 +104,9 @@ final class ServerMetrics: Sendable {
         switch end {
         case .busy: "busy"
         case .proxyRefused: "proxy"
+        case .denied: "denied"
+        case .perAddressLimit: "per_address"
+        case .handshakeRate: "handshake_rate"
         case .handshakeFailed, .handshakeTimeout, .notTLS: "tls"
         default: nil
         }
@@ -120,7 +123,9 @@ final class ServerMetrics: Sendable {
         case .reset: "reset"
         case .drainTimeout: "drain_timeout"
         case .error: "other"
-        case .clientClosed, .idle, .drained, .busy, .proxyRefused, .handshakeFailed, .notTLS: nil
+        case .clientClosed, .idle, .drained, .busy, .proxyRefused, .handshakeFailed, .notTLS, .denied,
+            .perAddressLimit, .handshakeRate:
+            nil
         }
     }
 }

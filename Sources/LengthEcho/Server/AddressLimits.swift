@@ -1,0 +1,90 @@
+import LengthEchoCore
+import NIOCore
+import Synchronization
+
+/// Limits per client address, shared by every event loop: open connections per address, and a token bucket
+/// of TLS handshakes per address. Sharded by address so that loops rarely wait on one another; one short
+/// lock per connection, none per message.
+final class AddressLimits: Sendable {
+    private struct Entry {
+        var open = 0
+        /// Handshake tokens left, and when they were last counted.
+        var tokens: Double
+        var refilled: NIODeadline
+        /// When a refusal by the rate was last logged for this address.
+        var logged: NIODeadline?
+    }
+
+    private final class Shard: Sendable {
+        let table = Mutex<[AddressKey: Entry]>([:])
+    }
+
+    private static let shards = 16
+    private let shards: [Shard]
+    let maximumOpen: Int?
+    let handshakesPerSecond: Int?
+
+    init(maximumOpen: Int?, handshakesPerSecond: Int?) {
+        self.maximumOpen = maximumOpen
+        self.handshakesPerSecond = handshakesPerSecond
+        self.shards = (0..<Self.shards).map { _ in Shard() }
+    }
+
+    private func shard(_ key: AddressKey) -> Shard {
+        self.shards[Int(UInt(bitPattern: key.hashValue) % UInt(Self.shards))]
+    }
+
+    private var bucket: Double { Double(self.handshakesPerSecond ?? 0) }
+
+    /// Counts a connection from `key` and returns true, or returns false when the address has its maximum open.
+    func admit(_ key: AddressKey) -> Bool {
+        guard let maximum = self.maximumOpen else { return true }
+        let bucket = self.bucket
+        return self.shard(key).table.withLock { table in
+            var entry = table[key] ?? Entry(tokens: bucket, refilled: .now())
+            guard entry.open < maximum else { return false }
+            entry.open += 1
+            table[key] = entry
+            return true
+        }
+    }
+
+    /// An admitted connection from `key` ended.
+    func release(_ key: AddressKey) {
+        guard self.maximumOpen != nil else { return }
+        self.shard(key).table.withLock { table in
+            guard var entry = table[key] else { return }
+            entry.open -= 1
+            if entry.open <= 0 && entry.tokens >= self.bucket {
+                table[key] = nil  // nothing left to remember
+            } else {
+                table[key] = entry
+            }
+        }
+    }
+
+    /// Takes a handshake token for `key`. Returns (allowed, whether to log a refusal now: at most once a second).
+    func takeHandshake(_ key: AddressKey, now: NIODeadline = .now()) -> (allowed: Bool, log: Bool) {
+        guard let rate = self.handshakesPerSecond else { return (true, false) }
+        let bucket = Double(rate)
+        return self.shard(key).table.withLock { table in
+            var entry = table[key] ?? Entry(tokens: bucket, refilled: now)
+            let elapsed = Double((now - entry.refilled).nanoseconds) / 1e9
+            entry.tokens = min(bucket, entry.tokens + elapsed * bucket)
+            entry.refilled = now
+            defer { table[key] = entry }
+            if entry.tokens >= 1 {
+                entry.tokens -= 1
+                return (true, false)
+            }
+            let log = entry.logged.map { now - $0 >= .seconds(1) } ?? true
+            if log { entry.logged = now }
+            // Forget addresses whose bucket is full again and that hold nothing open (bounded memory under a
+            // flood from many addresses): swept here, now and then.
+            if table.count > 4096 {
+                table = table.filter { $0.value.open > 0 || now - $0.value.refilled < .seconds(2) }
+            }
+            return (false, log)
+        }
+    }
+}

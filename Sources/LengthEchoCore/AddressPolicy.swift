@@ -1,0 +1,51 @@
+import NIOCore
+
+/// Who may connect at all, by address (the client's, after PROXY): `deny` ranges are refused; when `allow`
+/// ranges are given, only addresses in one of them are served.
+public struct AddressPolicy: Sendable, Equatable {
+    public var allow: [AddressRange]
+    public var deny: [AddressRange]
+
+    public init(allow: [AddressRange] = [], deny: [AddressRange] = []) {
+        self.allow = allow
+        self.deny = deny
+    }
+
+    /// Nil when `address` may connect, else why not.
+    public func refusal(for address: SocketAddress?) -> String? {
+        if let range = self.deny.first(where: { $0.contains(address) }) {
+            return "the address is in a denied range (\(range))"
+        }
+        if !self.allow.isEmpty, !self.allow.contains(where: { $0.contains(address) }) {
+            return "the address is in no allowed range"
+        }
+        return nil
+    }
+}
+
+/// An IP address as a hashable key (the port left out): what per-address limits count by.
+public struct AddressKey: Hashable, Sendable {
+    private let high: UInt64
+    private let low: UInt64
+
+    /// Nil for a Unix socket. An IPv4-mapped IPv6 address is its IPv4 address.
+    public init?(_ address: SocketAddress?) {
+        switch address {
+        case .v4(let v4)?:
+            self.high = 0
+            self.low = UInt64(UInt32(bigEndian: v4.address.sin_addr.s_addr)) | 0xFFFF_0000_0000
+        case .v6(let v6)?:
+            let (high, low) = withUnsafeBytes(of: v6.address.sin6_addr) { raw -> (UInt64, UInt64) in
+                (
+                    raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
+                    raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                )
+            }
+            let mapped = high == 0 && UInt64(bigEndian: low) >> 32 == 0xFFFF
+            self.high = mapped ? 0 : high
+            self.low = mapped ? UInt64(bigEndian: low) : low
+        default:
+            return nil
+        }
+    }
+}
