@@ -11,6 +11,8 @@ public struct TLSConnectionInfo: Sendable, Equatable {
     public let version: String
     public let cipher: String
     public let resumed: Bool
+    /// The protocol agreed by ALPN (`length-echo`), or nil when none was.
+    public let alpn: String?
     /// The peer certificate's subject and expiry, when it sent one.
     public let peerSubject: String?
     public let peerNotAfter: String?
@@ -224,10 +226,17 @@ final class TLSConnection {
             }
             notAfter = Self.render { bio in _ = ASN1_TIME_print(bio, X509_get0_notAfter(peer)) }
         }
+        var selected: UnsafePointer<UInt8>?
+        var selectedLength: UInt32 = 0
+        SSL_get0_alpn_selected(self.ssl, &selected, &selectedLength)
+        let alpn = selected.map {
+            String(decoding: UnsafeBufferPointer(start: $0, count: Int(selectedLength)), as: UTF8.self)
+        }
         return TLSConnectionInfo(
             version: version,
             cipher: cipher,
             resumed: SSL_session_reused(self.ssl) == 1,
+            alpn: alpn,
             peerSubject: subject,
             peerNotAfter: notAfter
         )
@@ -354,6 +363,16 @@ final class TLSConnection {
             anyOf: SSL_R_TLSV1_ALERT_PROTOCOL_VERSION, SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_NO_PROTOCOLS_AVAILABLE)
         {
             return ("no TLS version in common with the peer (\(text))", .noSharedVersion)
+        }
+        if entries.contains(anyOf: SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL) {
+            return ("the server requires ALPN \(ALPN.protocolName), which was not offered (\(text))", nil)
+        }
+        if !isClient && entries.contains(anyOf: SSL_R_NO_APPLICATION_PROTOCOL) {
+            return ("the client's ALPN did not offer \(ALPN.protocolName), which this server requires (\(text))", nil)
+        }
+        if !isClient && entries.contains(anyOf: SSL_R_CALLBACK_FAILED) {
+            // The one ClientHello callback: ALPN required, and the client sent none.
+            return ("the client sent no ALPN, and this server requires \(ALPN.protocolName) (\(text))", nil)
         }
         if entries.contains(anyOf: SSL_R_NO_SHARED_CIPHER, SSL_R_NO_CIPHERS_AVAILABLE) {
             return ("no cipher in common with the peer (\(text))", .noSharedCipher)

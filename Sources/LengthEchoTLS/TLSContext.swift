@@ -110,7 +110,8 @@ public final class TLSContext: @unchecked Sendable {
         clientAuthentication: ClientAuthentication = .none,
         minimumVersion: TLSVersion = .tls12,
         maximumVersion: TLSVersion = .tls13,
-        ticketKeyLifetime: Duration = .seconds(12 * 3600)
+        ticketKeyLifetime: Duration = .seconds(12 * 3600),
+        requireALPN: Bool = false
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
@@ -145,6 +146,7 @@ public final class TLSContext: @unchecked Sendable {
             "the session id context"
         )
         try context.useCertificate(chain: certificateChain, key: privateKey)
+        context.offerALPN(required: requireALPN, on: ctx)
 
         if clientAuthentication != .none {
             guard let clientCA else {
@@ -196,6 +198,7 @@ public final class TLSContext: @unchecked Sendable {
         let context = TLSContext(
             pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
+        try context.sendALPN(on: ctx)
         // The client keeps its session itself (TLSHandler.session): OpenSSL's client cache would only fill.
         _ = shim_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))  // returns the old mode
         switch trustRoots {
@@ -302,7 +305,7 @@ public final class TLSContext: @unchecked Sendable {
 
 /// Turns a setter's failure into a configuration error: a context that silently lacks a setting is
 /// worse than none.
-private func check(_ succeeded: Bool, _ what: String) throws(TLSError) {
+func check(_ succeeded: Bool, _ what: String) throws(TLSError) {
     guard succeeded else {
         throw TLSError(
             .configuration,

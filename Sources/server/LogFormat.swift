@@ -33,7 +33,8 @@ struct QueuedLogHandler: LogHandler {
 
     /// The keys a reader looks for first, in this order; any others follow, sorted.
     static let keyOrder = [
-        "peer", "via", "tls_version", "cipher", "resumed", "client_subject", "messages", "bytes_in", "bytes_out",
+        "peer", "via", "tls_version", "cipher", "resumed", "alpn", "client_subject", "messages", "bytes_in",
+        "bytes_out",
         "duration_s", "end", "detail",
     ]
     private static let rank = Dictionary(uniqueKeysWithValues: keyOrder.enumerated().map { ($1, $0) })
@@ -193,6 +194,7 @@ struct ConnectionLines: Sendable {
                 line.field("tls_version", string: tls.version, &out)
                 line.field("cipher", string: tls.cipher, &out)
                 line.field("resumed", literal: (tls.resumed ? "true" : "false").utf8, &out)
+                if let alpn = tls.alpn { line.field("alpn", string: alpn, &out) }
                 if let subject = tls.peerSubject { line.field("client_subject", string: subject, &out) }
             }
             line.field("messages", int: summary.messages, &out)

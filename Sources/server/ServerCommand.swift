@@ -99,6 +99,11 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("tls-min"), help: "With --tls: the oldest TLS version accepted, 1.2 or 1.3.")
     var tlsMin: TLSVersion = .tls12
 
+    @Flag(
+        name: .customLong("alpn-required"),
+        help: "With --tls: refuse clients whose ALPN does not offer length-echo (no_application_protocol alert).")
+    var alpnRequired = false
+
     @Option(
         name: .customLong("handshake-rate"),
         help: """
@@ -204,6 +209,7 @@ struct ServerCommand: AsyncParsableCommand {
         if let n = self.maxConnectionsPerIP, !(1...10_000_000).contains(n) {
             throw ValidationError("--max-connections-per-ip must be 1...10000000")
         }
+        if self.alpnRequired && !self.tls { throw ValidationError("--alpn-required needs --tls") }
         if let n = self.handshakeRate {
             guard self.tls else { throw ValidationError("--handshake-rate needs --tls") }
             guard (1...1_000_000).contains(n) else { throw ValidationError("--handshake-rate must be 1...1000000") }
@@ -256,7 +262,8 @@ struct ServerCommand: AsyncParsableCommand {
             privateKey: self.key ?? "certs/server.key",
             clientCA: self.clientCA,
             clientAuthentication: self.clientAuth,
-            minimumVersion: self.tlsMin
+            minimumVersion: self.tlsMin,
+            requireALPN: self.alpnRequired
         )
     }
 

@@ -77,6 +77,7 @@ public final class ConnectionRecord {
             metadata["tls_version"] = .string(tls.version)
             metadata["cipher"] = .string(tls.cipher)
             metadata["resumed"] = .stringConvertible(tls.resumed)
+            if let alpn = tls.alpn { metadata["alpn"] = .string(alpn) }
             if let subject = tls.peerSubject { metadata["client_subject"] = .string(subject) }
         }
         metadata["messages"] = .stringConvertible(self.messages)

@@ -1,0 +1,74 @@
+internal import COpenSSL
+
+/// ALPN: the server offers `length-echo` and, when told to, refuses clients that offer something else or
+/// nothing (with the `no_application_protocol` alert); the client always sends `length-echo`. A shared :443
+/// front (nginx `ssl_preread`, HAProxy) can route on it.
+public enum ALPN {
+    /// The protocol name length-echo uses in ALPN.
+    public static let protocolName = "length-echo"
+
+    /// `protocolName` in ALPN's wire form (a length byte, then the name), in storage that lives as long as the
+    /// process: OpenSSL's selection callback returns a pointer into it.
+    // Written once, then only read: safe to share.
+    nonisolated(unsafe) static let wire: UnsafeMutableBufferPointer<UInt8> = {
+        let bytes = [UInt8(protocolName.utf8.count)] + Array(protocolName.utf8)
+        let storage = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: bytes.count)
+        _ = storage.initialize(from: bytes)
+        return storage
+    }()
+}
+
+extension TLSContext {
+    /// Server role: offers `length-echo`; with `required`, a client that offers anything else, or no ALPN at
+    /// all, gets the `no_application_protocol` alert.
+    func offerALPN(required: Bool, on ctx: OpaquePointer) {
+        SSL_CTX_set_alpn_select_cb(ctx, alpnSelect, required ? UnsafeMutableRawPointer(bitPattern: 1) : nil)
+        if required {
+            // OpenSSL calls the selection callback only for a client that sent ALPN: one that sent none is
+            // refused here, from its ClientHello.
+            SSL_CTX_set_client_hello_cb(ctx, requireALPNExtension, nil)
+        }
+    }
+
+    /// Client role: sends `length-echo`.
+    func sendALPN(on ctx: OpaquePointer) throws(TLSError) {
+        // SSL_CTX_set_alpn_protos returns 0 on success.
+        try check(SSL_CTX_set_alpn_protos(ctx, ALPN.wire.baseAddress, UInt32(ALPN.wire.count)) == 0, "ALPN")
+    }
+}
+
+/// Picks `length-echo` from what the client offers; otherwise continues without ALPN, or (required: `arg` set)
+/// fails the handshake with `no_application_protocol`.
+private func alpnSelect(
+    _ ssl: OpaquePointer?,
+    _ out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
+    _ outLength: UnsafeMutablePointer<UInt8>?,
+    _ offered: UnsafePointer<UInt8>?,
+    _ offeredLength: UInt32,
+    _ arg: UnsafeMutableRawPointer?
+) -> Int32 {
+    var selected: UnsafeMutablePointer<UInt8>?
+    if SSL_select_next_proto(
+        &selected, outLength, ALPN.wire.baseAddress, UInt32(ALPN.wire.count), offered, offeredLength)
+        == OPENSSL_NPN_NEGOTIATED
+    {
+        out?.pointee = UnsafePointer(selected)
+        return SSL_TLSEXT_ERR_OK
+    }
+    return arg == nil ? SSL_TLSEXT_ERR_NOACK : SSL_TLSEXT_ERR_ALERT_FATAL
+}
+
+/// With ALPN required: a ClientHello without the ALPN extension is refused with `no_application_protocol`.
+private func requireALPNExtension(
+    _ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?
+) -> Int32 {
+    var data: UnsafePointer<UInt8>?
+    var length = 0
+    if SSL_client_hello_get0_ext(
+        ssl, UInt32(TLSEXT_TYPE_application_layer_protocol_negotiation), &data, &length) == 1
+    {
+        return SSL_CLIENT_HELLO_SUCCESS
+    }
+    alert?.pointee = TLS1_AD_NO_APPLICATION_PROTOCOL
+    return SSL_CLIENT_HELLO_ERROR
+}
