@@ -111,7 +111,8 @@ public final class TLSContext: @unchecked Sendable {
         minimumVersion: TLSVersion = .tls12,
         maximumVersion: TLSVersion = .tls13,
         ticketKeyLifetime: Duration = .seconds(12 * 3600),
-        requireALPN: Bool = false
+        requireALPN: Bool = false,
+        keyLog: Bool = false
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
@@ -147,6 +148,7 @@ public final class TLSContext: @unchecked Sendable {
         )
         try context.useCertificate(chain: certificateChain, key: privateKey)
         context.offerALPN(required: requireALPN, on: ctx)
+        if keyLog { context.logKeys(on: ctx) }
 
         if clientAuthentication != .none {
             guard let clientCA else {
@@ -186,7 +188,8 @@ public final class TLSContext: @unchecked Sendable {
         privateKey: String? = nil,
         minimumVersion: TLSVersion = .tls12,
         maximumVersion: TLSVersion = .tls13,
-        verify: Bool = true
+        verify: Bool = true,
+        keyLog: Bool = false
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
@@ -199,6 +202,7 @@ public final class TLSContext: @unchecked Sendable {
             pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
         try context.sendALPN(on: ctx)
+        if keyLog { context.logKeys(on: ctx) }
         // The client keeps its session itself (TLSHandler.session): OpenSSL's client cache would only fill.
         _ = shim_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))  // returns the old mode
         switch trustRoots {

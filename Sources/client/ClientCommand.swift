@@ -65,12 +65,22 @@ struct ClientCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "With --tls: do not verify the server's certificate or name. Unsafe; for debugging only.")
     var insecure = false
 
+    @Option(
+        name: .customLong("tls-keylog"),
+        help:
+            "With --tls: append the TLS secrets to FILE (NSS key log, mode 0600) so Wireshark can decrypt. Debugging only."
+    )
+    var tlsKeylog: String?
+
     @Flag(name: .shortAndLong, help: "With --tls: print the TLS version, cipher and server certificate on stderr.")
     var verbose = false
 
     func validate() throws {
-        if !self.tls, self.ca != nil || self.cert != nil || self.key != nil || self.serverName != nil || self.insecure {
-            throw ValidationError("--ca, --cert, --key, --server-name and --insecure need --tls")
+        if !self.tls,
+            self.ca != nil || self.cert != nil || self.key != nil || self.serverName != nil || self.insecure
+                || self.tlsKeylog != nil
+        {
+            throw ValidationError("--ca, --cert, --key, --server-name, --insecure and --tls-keylog need --tls")
         }
         guard !self.messages.isEmpty else { throw ValidationError("give at least one message, or - to read stdin") }
         guard (1...65535).contains(self.port) else { throw ValidationError("--port must be 1...65535") }
@@ -89,13 +99,20 @@ struct ClientCommand: AsyncParsableCommand {
                 )
             }
             do {
+                if let path = self.tlsKeylog {
+                    try TLSKeyLog.open(path)
+                    Self.printError(
+                        "client: warning: --tls-keylog: the session keys go to \(path); anyone who reads it can decrypt this traffic"
+                    )
+                }
                 configuration.tls = try TLSContext.client(
                     trustRoots: self.ca.map(TrustRoots.file) ?? .system,
                     certificateChain: self.cert,
                     privateKey: self.key,
                     minimumVersion: self.tlsMin,
                     maximumVersion: self.tlsMax,
-                    verify: !self.insecure
+                    verify: !self.insecure,
+                    keyLog: self.tlsKeylog != nil
                 )
             } catch {
                 Self.printError("client: \(error)\(self.advice(for: error).map { "; \($0)" } ?? "")")

@@ -99,6 +99,15 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("tls-min"), help: "With --tls: the oldest TLS version accepted, 1.2 or 1.3.")
     var tlsMin: TLSVersion = .tls12
 
+    @Option(
+        name: .customLong("tls-keylog"),
+        help: """
+            With --tls: append every connection's TLS secrets to FILE (NSS key log, mode 0600) so Wireshark or \
+            tshark can decrypt a capture. It defeats the encryption: for debugging only.
+            """
+    )
+    var tlsKeylog: String?
+
     @Flag(
         name: .customLong("alpn-required"),
         help: "With --tls: refuse clients whose ALPN does not offer length-echo (no_application_protocol alert).")
@@ -210,6 +219,7 @@ struct ServerCommand: AsyncParsableCommand {
             throw ValidationError("--max-connections-per-ip must be 1...10000000")
         }
         if self.alpnRequired && !self.tls { throw ValidationError("--alpn-required needs --tls") }
+        if self.tlsKeylog != nil && !self.tls { throw ValidationError("--tls-keylog needs --tls") }
         if let n = self.handshakeRate {
             guard self.tls else { throw ValidationError("--handshake-rate needs --tls") }
             guard (1...1_000_000).contains(n) else { throw ValidationError("--handshake-rate must be 1...1000000") }
@@ -263,7 +273,8 @@ struct ServerCommand: AsyncParsableCommand {
             clientCA: self.clientCA,
             clientAuthentication: self.clientAuth,
             minimumVersion: self.tlsMin,
-            requireALPN: self.alpnRequired
+            requireALPN: self.alpnRequired,
+            keyLog: self.tlsKeylog != nil
         )
     }
 
@@ -330,6 +341,18 @@ struct ServerCommand: AsyncParsableCommand {
         }
         if self.tls {
             self.checkKeyPermissions(console: console)
+            if let path = self.tlsKeylog {
+                do {
+                    try TLSKeyLog.open(path)
+                } catch {
+                    console.say(.error, "\(error)")
+                    throw ExitCode.failure
+                }
+                console.say(
+                    .warning,
+                    "warning: --tls-keylog: every connection's session keys go to \(path); anyone who reads it can decrypt the traffic (debugging only)"
+                )
+            }
             do {
                 configuration.tls = try self.makeTLSContext()
             } catch {

@@ -290,6 +290,8 @@ struct CommandLineTests {
         let (server, port) = try await self.startServer(["--quiet", "--drain-timeout", "30"])
         let socket = try await blocking { () -> RawSocket in
             let socket = try RawSocket.connect(port: port)
+            try socket.write(bytes("first") + [0])  // answered: the server has it
+            _ = try socket.readReply()
             try socket.write(bytes("half a mess"))  // holds the drain open
             return socket
         }

@@ -5,8 +5,12 @@ import LengthEchoTLS
 import LengthEchoTestSupport
 import Testing
 
-/// TLS policy for deployments: ALPN.
-@Suite("TLS policy: ALPN", .timeLimit(.minutes(1)))
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// TLS policy for deployments: ALPN, the key log.
+@Suite("TLS policy: ALPN, the key log", .timeLimit(.minutes(1)))
 struct TLSPolicyTests {
     /// `openssl s_client` with `flags`, sending one message and closing; everything it printed.
     private func sClient(port: Int, ca: String, _ flags: String) async throws -> String {
@@ -64,5 +68,68 @@ struct TLSPolicyTests {
         let plain = try await self.sClient(port: server.port, ca: certificates.ca, "-ign_eof")
         #expect(plain.contains("No ALPN negotiated") && plain.contains("4 : alpn"), "\(plain)")
         await server.shutdown()
+    }
+
+    @Test(
+        "--tls-keylog: tshark decrypts a captured session with the server's key log; the client's has its secrets",
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: "/usr/bin/tshark")
+                || ProcessInfo.processInfo.environment["CI"] != nil))
+    func keyLog() async throws {
+        let certificates = try await TestCertificates.main.value
+        let folder = NSTemporaryDirectory() + "length-echo-keylog-\(getpid())"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let (serverKeys, clientKeys, capture) = (
+            folder + "/server.keys", folder + "/client.keys", folder + "/cap.pcapng"
+        )
+        let (server, port) = try await startServerExecutable([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--quiet",
+            "--tls-keylog", serverKeys,
+        ])
+        defer { server.terminate() }
+        #expect(server.stderr.contains("warning: --tls-keylog"), "it says that the keys are written")
+        // Writing the capture, and printing one line per packet (its FIN flag), so the test can wait for the end.
+        let tshark = try Executable(
+            "/usr/bin/tshark",
+            [
+                "-i", "lo", "-f", "tcp port \(port)", "-w", capture, "-P", "-l", "-T", "fields", "-e", "tcp.flags.fin",
+            ])
+        defer { tshark.terminate(signal: SIGKILL) }
+        await tshark.wait(seconds: 20) { $0.stderr.contains("Capture started") || !$0.isRunning }
+        try #require(tshark.isRunning, "tshark did not start: \(tshark.stderr)")
+        let client = try Executable(
+            "client",
+            [
+                "--tls", "--ca", certificates.ca, "--server-name", "localhost", "--port", "\(port)", "--tls-keylog",
+                clientKeys, "a secret message",
+            ])
+        #expect(await client.exitStatus() == 0, "\(client.stderr)")
+        #expect(client.stderr.contains("warning: --tls-keylog"))
+        // Both FINs captured (packets reach tshark in blocks, a moment later), then it stops and writes the file.
+        await tshark.wait(seconds: 20) {
+            $0.stdout.split(separator: "\n").filter { $0 == "1" || $0 == "True" }.count >= 2 || !$0.isRunning
+        }
+        tshark.terminate(signal: SIGTERM)
+        _ = await tshark.exitStatus()
+        let follow: @Sendable (String?) throws -> String = { keys in
+            try run(
+                "/usr/bin/tshark",
+                ["-r", capture, "-d", "tcp.port==\(port),tls", "-q", "-z", "follow,tls,ascii,0"]
+                    + (keys.map { ["-o", "tls.keylog_file:\($0)"] } ?? [])
+            ).output
+        }
+        let decrypted = try await blocking { try follow(serverKeys) }
+        #expect(
+            decrypted.contains("a secret message") && decrypted.contains("16 : a secret message"),
+            "\(decrypted) tshark: \(tshark.stderr)")
+        let sealed = try await blocking { try follow(nil) }
+        #expect(!sealed.contains("a secret message"), "without the key log the capture stays encrypted")
+        for keys in [serverKeys, clientKeys] {
+            var info = stat()
+            #expect(stat(keys, &info) == 0 && info.st_mode & 0o777 == 0o600, "\(keys) is mode 0600")
+            let text = try String(contentsOfFile: keys, encoding: .utf8)
+            #expect(text.contains("CLIENT_TRAFFIC_SECRET_0 ") && text.contains("SERVER_HANDSHAKE_TRAFFIC_SECRET "))
+        }
     }
 }
