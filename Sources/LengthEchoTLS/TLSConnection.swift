@@ -43,6 +43,10 @@ final class TLSConnection {
     private let hasCertificate: Bool
     /// The host name or address the client connected to and verifies (client role).
     private let expectedHost: String?
+    /// What the peer's certificate claimed when the identity policy refused it (for the error).
+    var refusedIdentity: String?
+    /// The identities accepted beyond the CA's verification (the context's), if any.
+    var identityPolicy: IdentityPolicy? { self.context.identityPolicy }
 
     init(context: TLSContext, expectedHost: String?, session: TLSSession? = nil) throws(TLSError) {
         OpenSSLErrors.clear()
@@ -62,6 +66,11 @@ final class TLSConnection {
         self.isServer = context.isServer
         self.hasCertificate = context.hasCertificate
         self.expectedHost = expectedHost
+        // The verify callback finds this connection through the SSL (for the identity policy). The SSL lives
+        // no longer than this object, which frees it.
+        if context.identityPolicy != nil {
+            SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
+        }
         if context.isServer {
             SSL_set_accept_state(ssl)
         } else {
@@ -314,6 +323,12 @@ final class TLSConnection {
                 hint = "\(whose) has expired"
             case X509_V_ERR_CERT_NOT_YET_VALID:
                 hint = "\(whose) is not valid yet (check the clocks)"
+            case X509_V_ERR_APPLICATION_VERIFICATION:
+                cause = .identityRefused
+                hint =
+                    isClient
+                    ? "the server's public key is not one this client pins: \(self.refusedIdentity ?? "?")"
+                    : "the client's certificate is not one this server allows: \(self.refusedIdentity ?? "?")"
             case X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH:
                 cause = .wrongHost
                 let names = self.peerNames.map { Escaping.printable(Array($0.utf8)) }

@@ -57,16 +57,21 @@ public final class TLSContext: @unchecked Sendable {
 
     /// Server role: the rotating session-ticket keys, which OpenSSL's ticket callback finds in the context.
     private let ticketKeys: TicketKeys?
+    /// The peer identities accepted beyond the CA's verification (client certificates on a server, pinned keys
+    /// on a client); nil: any certificate the CA verifies.
+    let identityPolicy: IdentityPolicy?
 
     private init(
         pointer: OpaquePointer,
         isServer: Bool,
         verifiesPeer: Bool,
         hasCertificate: Bool,
-        ticketKeys: TicketKeys? = nil
+        ticketKeys: TicketKeys? = nil,
+        identityPolicy: IdentityPolicy? = nil
     ) {
         self.pointer = pointer
         self.ticketKeys = ticketKeys
+        self.identityPolicy = identityPolicy
         self.isServer = isServer
         self.verifiesPeer = verifiesPeer
         self.hasCertificate = hasCertificate
@@ -112,7 +117,8 @@ public final class TLSContext: @unchecked Sendable {
         maximumVersion: TLSVersion = .tls13,
         ticketKeyLifetime: Duration = .seconds(12 * 3600),
         requireALPN: Bool = false,
-        keyLog: Bool = false
+        keyLog: Bool = false,
+        allowedClients: IdentityPolicy = IdentityPolicy()
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
@@ -125,9 +131,13 @@ public final class TLSContext: @unchecked Sendable {
             SSL_CTX_free(ctx)
             throw TLSError(.configuration, "cannot make a session-ticket key: no random bytes")
         }
+        if !allowedClients.isEmpty && clientAuthentication == .none {
+            SSL_CTX_free(ctx)
+            throw TLSError(.configuration, "allowed client identities need client certificates to be asked for")
+        }
         let context = TLSContext(
             pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true,
-            ticketKeys: ticketKeys)
+            ticketKeys: ticketKeys, identityPolicy: allowedClients.isEmpty ? nil : allowedClients)
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
         // Tickets under rotating keys (TicketKeys) rather than one key for the life of the process. The keys
         // object lives as long as the context, whose SSLs keep it (TLSConnection holds its context).
@@ -175,7 +185,7 @@ public final class TLSContext: @unchecked Sendable {
             SSL_CTX_set_client_CA_list(ctx, names)
             let mode =
                 clientAuthentication == .required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
-            SSL_CTX_set_verify(ctx, mode, nil)
+            SSL_CTX_set_verify(ctx, mode, allowedClients.isEmpty ? nil : identityVerifyCallback)
         }
         return context
     }
@@ -189,7 +199,8 @@ public final class TLSContext: @unchecked Sendable {
         minimumVersion: TLSVersion = .tls12,
         maximumVersion: TLSVersion = .tls13,
         verify: Bool = true,
-        keyLog: Bool = false
+        keyLog: Bool = false,
+        pinnedPublicKeys: [[UInt8]] = []
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
@@ -199,7 +210,8 @@ public final class TLSContext: @unchecked Sendable {
             )
         }
         let context = TLSContext(
-            pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil)
+            pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil,
+            identityPolicy: pinnedPublicKeys.isEmpty ? nil : IdentityPolicy(publicKeySHA256: pinnedPublicKeys))
         try context.applyCommonSettings(minimumVersion: minimumVersion, maximumVersion: maximumVersion)
         try context.sendALPN(on: ctx)
         if keyLog { context.logKeys(on: ctx) }
@@ -218,7 +230,9 @@ public final class TLSContext: @unchecked Sendable {
                 )
             }
         }
-        SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
+        // Pinned keys are checked on top of the usual verification, in the verify callback.
+        SSL_CTX_set_verify(
+            ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, pinnedPublicKeys.isEmpty ? nil : identityVerifyCallback)
         switch (certificateChain, privateKey) {
         case (let chain?, let key?):
             try context.useCertificate(chain: chain, key: key)

@@ -29,6 +29,8 @@ public struct TLSError: Error, Equatable, Sendable, CustomStringConvertible {
         case untrustedPeerCertificate
         /// The peer's certificate is for other names than the one expected.
         case wrongHost
+        /// The peer's certificate verified, but its identity is not among those allowed (or pinned).
+        case identityRefused
         /// The server demands a client certificate and none was sent.
         case clientCertificateRequired
         /// A TLS 1.2 server refused the handshake with a bare "handshake failure", which is what it says when

@@ -66,6 +66,15 @@ struct ClientCommand: AsyncParsableCommand {
     var insecure = false
 
     @Option(
+        name: .customLong("pin-spki-sha256"),
+        help: """
+            With --tls: also require the server's public key to be one of these (SHA-256 of its DER \
+            SubjectPublicKeyInfo, hex; repeat for several), on top of the usual verification.
+            """
+    )
+    var pinSPKI: [String] = []
+
+    @Option(
         name: .customLong("tls-keylog"),
         help:
             "With --tls: append the TLS secrets to FILE (NSS key log, mode 0600) so Wireshark can decrypt. Debugging only."
@@ -78,9 +87,13 @@ struct ClientCommand: AsyncParsableCommand {
     func validate() throws {
         if !self.tls,
             self.ca != nil || self.cert != nil || self.key != nil || self.serverName != nil || self.insecure
-                || self.tlsKeylog != nil
+                || self.tlsKeylog != nil || !self.pinSPKI.isEmpty
         {
-            throw ValidationError("--ca, --cert, --key, --server-name, --insecure and --tls-keylog need --tls")
+            throw ValidationError(
+                "--ca, --cert, --key, --server-name, --insecure, --pin-spki-sha256 and --tls-keylog need --tls")
+        }
+        for pin in self.pinSPKI where IdentityPolicy.digest(hex: pin) == nil {
+            throw ValidationError("--pin-spki-sha256 \(pin): expected 64 hex digits (colons allowed)")
         }
         guard !self.messages.isEmpty else { throw ValidationError("give at least one message, or - to read stdin") }
         guard (1...65535).contains(self.port) else { throw ValidationError("--port must be 1...65535") }
@@ -112,7 +125,8 @@ struct ClientCommand: AsyncParsableCommand {
                     minimumVersion: self.tlsMin,
                     maximumVersion: self.tlsMax,
                     verify: !self.insecure,
-                    keyLog: self.tlsKeylog != nil
+                    keyLog: self.tlsKeylog != nil,
+                    pinnedPublicKeys: self.pinSPKI.compactMap(IdentityPolicy.digest(hex:))
                 )
             } catch {
                 Self.printError("client: \(error)\(self.advice(for: error).map { "; \($0)" } ?? "")")
@@ -159,6 +173,7 @@ struct ClientCommand: AsyncParsableCommand {
                 return
                     "this client offers TLS \(self.tlsMin.rawValue) to \(self.tlsMax.rawValue) (see --tls-min, --tls-max)"
             case .peerNotTLS: return "try without --tls"
+            case .identityRefused: return "check --pin-spki-sha256 against the server's new key"
             case .ourCertificateRefused, .noSharedCipher, nil: return nil
             }
         default:

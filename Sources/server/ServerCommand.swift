@@ -100,6 +100,28 @@ struct ServerCommand: AsyncParsableCommand {
     var tlsMin: TLSVersion = .tls12
 
     @Option(
+        name: .customLong("allow-cn"),
+        help: "With --client-auth: accept only client certificates with this common name; repeatable.")
+    var allowCN: [String] = []
+
+    @Option(
+        name: .customLong("allow-dns"),
+        help: "With --client-auth: ... or this DNS name in their subjectAltName; repeatable.")
+    var allowDNS: [String] = []
+
+    @Option(
+        name: .customLong("allow-uri"),
+        help: "With --client-auth: ... or this URI (a SPIFFE ID, say) in their subjectAltName; repeatable.")
+    var allowURI: [String] = []
+
+    @Option(
+        name: .customLong("allow-spki-sha256"),
+        help:
+            "With --client-auth: ... or this SHA-256 of their DER SubjectPublicKeyInfo (hex, colons allowed); repeatable."
+    )
+    var allowSPKI: [String] = []
+
+    @Option(
         name: .customLong("tls-keylog"),
         help: """
             With --tls: append every connection's TLS secrets to FILE (NSS key log, mode 0600) so Wireshark or \
@@ -220,6 +242,15 @@ struct ServerCommand: AsyncParsableCommand {
         }
         if self.alpnRequired && !self.tls { throw ValidationError("--alpn-required needs --tls") }
         if self.tlsKeylog != nil && !self.tls { throw ValidationError("--tls-keylog needs --tls") }
+        let identities =
+            !self.allowCN.isEmpty || !self.allowDNS.isEmpty || !self.allowURI.isEmpty || !self.allowSPKI.isEmpty
+        if identities && self.clientAuth == .none {
+            throw ValidationError(
+                "--allow-cn, --allow-dns, --allow-uri and --allow-spki-sha256 need --client-auth optional or required")
+        }
+        for spki in self.allowSPKI where IdentityPolicy.digest(hex: spki) == nil {
+            throw ValidationError("--allow-spki-sha256 \(spki): expected 64 hex digits (colons allowed)")
+        }
         if let n = self.handshakeRate {
             guard self.tls else { throw ValidationError("--handshake-rate needs --tls") }
             guard (1...1_000_000).contains(n) else { throw ValidationError("--handshake-rate must be 1...1000000") }
@@ -274,7 +305,10 @@ struct ServerCommand: AsyncParsableCommand {
             clientAuthentication: self.clientAuth,
             minimumVersion: self.tlsMin,
             requireALPN: self.alpnRequired,
-            keyLog: self.tlsKeylog != nil
+            keyLog: self.tlsKeylog != nil,
+            allowedClients: IdentityPolicy(
+                commonNames: self.allowCN, dnsNames: self.allowDNS, uris: self.allowURI,
+                publicKeySHA256: self.allowSPKI.compactMap(IdentityPolicy.digest(hex:)))
         )
     }
 

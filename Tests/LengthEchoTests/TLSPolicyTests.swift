@@ -9,8 +9,16 @@ import Testing
 import Glibc
 #endif
 
-/// TLS policy for deployments: ALPN, the key log.
-@Suite("TLS policy: ALPN, the key log", .timeLimit(.minutes(1)))
+/// The SHA-256 of a certificate's DER SubjectPublicKeyInfo, as the README's openssl pipeline prints it.
+func spkiSHA256(_ certificate: String, colons: Bool = false) throws -> String {
+    let pipeline =
+        "openssl x509 -in \(certificate) -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 \(colons ? "-c" : "")"
+    let output = try run("/bin/sh", ["-c", pipeline]).output
+    return String(output.split(separator: " ").last ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// TLS policy for deployments: ALPN, the key log, identities.
+@Suite("TLS policy: ALPN, the key log, identities", .timeLimit(.minutes(1)))
 struct TLSPolicyTests {
     /// `openssl s_client` with `flags`, sending one message and closing; everything it printed.
     private func sClient(port: Int, ca: String, _ flags: String) async throws -> String {
@@ -131,5 +139,67 @@ struct TLSPolicyTests {
             let text = try String(contentsOfFile: keys, encoding: .utf8)
             #expect(text.contains("CLIENT_TRAFFIC_SECRET_0 ") && text.contains("SERVER_HANDSHAKE_TRAFFIC_SECRET "))
         }
+    }
+
+    @Test(
+        "--allow-cn / --allow-spki-sha256: a verified client outside the list is refused with an alert, logged by identity"
+    )
+    func allowedClients() async throws {
+        let certificates = try await TestCertificates.main.value
+        let spki = try spkiSHA256(certificates.clientCertificate)
+        let base = [
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--client-ca",
+            certificates.ca, "--client-auth", "required", "--quiet", "--log-format", "json",
+        ]
+        var configuration = ClientConfiguration(port: 0)
+        configuration.tls = try certificates.clientContext(withCertificate: true)
+        configuration.serverName = "localhost"
+        for (flags, allowed) in [
+            (["--allow-cn", "length-echo client"], true), (["--allow-spki-sha256", spki.uppercased()], true),
+            (["--allow-cn", "someone else", "--allow-dns", "length-echo client"], false),
+        ] {
+            let (server, port) = try await startServerExecutable(base + flags)
+            defer { server.terminate() }
+            configuration.port = port
+            let client = LengthEchoClient(configuration: configuration)
+            let reply = try? await client.send(bytes("me"))
+            await client.close()
+            #expect((reply?.text == "2 : me") == allowed, "\(flags)")
+            if !allowed {
+                let line = try #require(await waitForConnectionLines(server, count: 1).first)
+                #expect(line["end"] as? String == "handshake-failed")
+                #expect(
+                    (line["detail"] as? String)?.contains(
+                        "the client's certificate is not one this server allows: CN=length-echo client, SPKI sha256 \(spki)"
+                    )
+                        == true, "\(line)")
+            }
+        }
+    }
+
+    @Test("client --pin-spki-sha256: the server's key must match as well as verify")
+    func pinnedServerKey() async throws {
+        let certificates = try await TestCertificates.main.value
+        let (server, port) = try await startServerExecutable([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--quiet",
+        ])
+        defer { server.terminate() }
+        let pinned = try spkiSHA256(certificates.serverCertificate, colons: true)
+        let right = try Executable(
+            "client",
+            [
+                "--tls", "--ca", certificates.ca, "--server-name", "localhost", "--port", "\(port)",
+                "--pin-spki-sha256", pinned, "pinned",
+            ])
+        #expect(await right.exitStatus() == 0 && right.stdout == "6 : pinned\n", "\(right.stderr)")
+        let wrong = try Executable(
+            "client",
+            [
+                "--tls", "--ca", certificates.ca, "--server-name", "localhost", "--port", "\(port)",
+                "--pin-spki-sha256",
+                String(repeating: "ab", count: 32), "pinned",
+            ])
+        #expect(await wrong.exitStatus() != 0)
+        #expect(wrong.stderr.contains("the server's public key is not one this client pins"), "\(wrong.stderr)")
     }
 }

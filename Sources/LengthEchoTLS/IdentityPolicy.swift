@@ -1,0 +1,148 @@
+internal import COpenSSL
+import LengthEchoCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Which certificates are accepted by identity, on top of the CA's verification: a verified leaf whose common
+/// name, DNS name, URI (a SPIFFE ID, say) or SubjectPublicKeyInfo SHA-256 is listed. Matched exactly (no
+/// wildcards), any one listed identity enough. Empty: any certificate the CA verifies.
+public struct IdentityPolicy: Sendable, Equatable {
+    public var commonNames: [String]
+    public var dnsNames: [String]
+    public var uris: [String]
+    /// SHA-256 digests of the DER SubjectPublicKeyInfo, 32 bytes each.
+    public var publicKeySHA256: [[UInt8]]
+
+    public init(
+        commonNames: [String] = [], dnsNames: [String] = [], uris: [String] = [], publicKeySHA256: [[UInt8]] = []
+    ) {
+        self.commonNames = commonNames
+        self.dnsNames = dnsNames
+        self.uris = uris
+        self.publicKeySHA256 = publicKeySHA256
+    }
+
+    public var isEmpty: Bool {
+        self.commonNames.isEmpty && self.dnsNames.isEmpty && self.uris.isEmpty && self.publicKeySHA256.isEmpty
+    }
+
+    /// A SHA-256 digest written in hex, either case, colons allowed (`openssl dgst -sha256` prints it so); nil
+    /// when it is not 32 bytes of hex.
+    public static func digest(hex text: String) -> [UInt8]? {
+        let digits = Array(text.utf8.filter { $0 != UInt8(ascii: ":") })
+        guard digits.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: 64, by: 2) {
+            guard let byte = UInt8(String(decoding: digits[index..<index + 2], as: UTF8.self), radix: 16) else {
+                return nil
+            }
+            bytes.append(byte)
+        }
+        return bytes
+    }
+}
+
+/// What a certificate says about who it is, as the policy matches it.
+struct CertificateIdentity {
+    var commonNames: [String] = []
+    var dnsNames: [String] = []
+    var uris: [String] = []
+    var publicKeySHA256: [UInt8] = []
+
+    init(_ certificate: OpaquePointer) {
+        if let subject = X509_get_subject_name(certificate) {
+            var index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1)
+            while index >= 0 {
+                if let entry = X509_NAME_get_entry(subject, index), let data = X509_NAME_ENTRY_get_data(entry),
+                    let text = Self.text(data)
+                {
+                    self.commonNames.append(text)
+                }
+                index = X509_NAME_get_index_by_NID(subject, NID_commonName, index)
+            }
+        }
+        if let raw = X509_get_ext_d2i(certificate, NID_subject_alt_name, nil, nil) {
+            let names = OpaquePointer(raw)
+            defer { GENERAL_NAMES_free(names) }
+            for index in 0..<OPENSSL_sk_num(names) {
+                guard let entry = OPENSSL_sk_value(names, index)?.assumingMemoryBound(to: GENERAL_NAME.self) else {
+                    continue
+                }
+                switch entry.pointee.type {
+                case GEN_DNS: if let text = entry.pointee.d.dNSName.flatMap(Self.raw) { self.dnsNames.append(text) }
+                case GEN_URI:
+                    if let text = entry.pointee.d.uniformResourceIdentifier.flatMap(Self.raw) { self.uris.append(text) }
+                default: break
+                }
+            }
+        }
+        if let key = X509_get_X509_PUBKEY(certificate) {
+            var der: UnsafeMutablePointer<UInt8>?
+            let length = i2d_X509_PUBKEY(key, &der)
+            if length > 0, let der {
+                var digest = [UInt8](repeating: 0, count: 32)
+                var size: UInt32 = 0
+                if EVP_Digest(der, Int(length), &digest, &size, EVP_sha256(), nil) == 1, size == 32 {
+                    self.publicKeySHA256 = digest
+                }
+                CRYPTO_free(der, nil, 0)
+            }
+        }
+    }
+
+    func allowed(by policy: IdentityPolicy) -> Bool {
+        policy.commonNames.contains(where: self.commonNames.contains)
+            || policy.dnsNames.contains(where: self.dnsNames.contains)
+            || policy.uris.contains(where: self.uris.contains)
+            || (!self.publicKeySHA256.isEmpty && policy.publicKeySHA256.contains(self.publicKeySHA256))
+    }
+
+    /// For a log line or an error: what the certificate claims (escaped: it is the peer's text).
+    var description: String {
+        var parts =
+            self.commonNames.map { "CN=\($0)" } + self.dnsNames.map { "DNS:\($0)" }
+            + self.uris.map { "URI:\($0)" }
+        parts.append("SPKI sha256 " + self.publicKeySHA256.map { String(format2: $0) }.joined())
+        return Escaping.printable(Array(parts.joined(separator: ", ").utf8))
+    }
+
+    private static func text(_ string: UnsafeMutablePointer<ASN1_STRING>) -> String? {
+        var out: UnsafeMutablePointer<UInt8>?
+        let length = ASN1_STRING_to_UTF8(&out, string)
+        guard length >= 0, let out else { return nil }
+        defer { CRYPTO_free(out, nil, 0) }
+        return String(decoding: UnsafeBufferPointer(start: out, count: Int(length)), as: UTF8.self)
+    }
+
+    private static func raw(_ string: UnsafeMutablePointer<ASN1_IA5STRING>) -> String? {
+        guard let data = ASN1_STRING_get0_data(string) else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(string))), as: UTF8.self)
+    }
+}
+
+extension String {
+    /// Two lowercase hex digits.
+    init(format2 byte: UInt8) {
+        let digits = Array("0123456789abcdef")
+        self = String([digits[Int(byte >> 4)], digits[Int(byte & 0xF)]])
+    }
+}
+
+/// OpenSSL's verify callback for contexts with an identity policy: at the leaf (depth 0), once the chain has
+/// verified, the leaf must match the policy; otherwise the handshake fails with an alert, and the connection
+/// remembers what was refused for its error.
+func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> Int32 {
+    guard preverified == 1, let store, X509_STORE_CTX_get_error_depth(store) == 0,
+        let sslPointer = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
+        let connectionPointer = SSL_get_ex_data(OpaquePointer(sslPointer), 0),
+        let certificate = X509_STORE_CTX_get_current_cert(store)
+    else { return preverified }
+    let connection = Unmanaged<TLSConnection>.fromOpaque(connectionPointer).takeUnretainedValue()
+    let identity = CertificateIdentity(certificate)
+    guard let policy = connection.identityPolicy, !identity.allowed(by: policy) else { return 1 }
+    connection.refusedIdentity = identity.description
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
+    return 0
+}
