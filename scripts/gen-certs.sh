@@ -5,7 +5,8 @@ set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-usage: scripts/gen-certs.sh [--out DIR] [--rsa] [--name DNS]... [--ip ADDR]... [--days N] [--force] [--expired]
+usage: scripts/gen-certs.sh [--out DIR] [--rsa] [--name DNS]... [--ip ADDR]... [--client-dns NAME]... [--client-uri URI]...
+                           [--days N] [--force] [--expired]
 
 Writes into DIR (default: certs/):
   ca.pem, ca.key          a test CA
@@ -16,6 +17,8 @@ Writes into DIR (default: certs/):
   --rsa        RSA 2048 keys instead of ECDSA P-256
   --name DNS   another DNS name for the server certificate (repeatable)
   --ip ADDR    another IP address for the server certificate (repeatable)
+  --client-dns NAME  a DNS name in the client certificate's subjectAltName (repeatable; for --allow-dns)
+  --client-uri URI   a URI in the client certificate's subjectAltName, e.g. spiffe://example.org/client (for --allow-uri)
   --days N     validity of the server and client certificates (default 825)
   --expired    make the server certificate one that expired in 2021 (to test clients)
   --force      overwrite existing files
@@ -29,6 +32,7 @@ force=0
 expired=0
 names=(localhost)
 ips=(127.0.0.1 ::1)
+client_sans=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -36,6 +40,8 @@ while [ $# -gt 0 ]; do
         --rsa) algorithm="rsa"; shift ;;
         --name) names+=("${2:?--name needs a DNS name}"); shift 2 ;;
         --ip) ips+=("${2:?--ip needs an address}"); shift 2 ;;
+        --client-dns) client_sans+=("DNS:${2:?--client-dns needs a DNS name}"); shift 2 ;;
+        --client-uri) client_sans+=("URI:${2:?--client-uri needs a URI}"); shift 2 ;;
         --days) days="${2:?--days needs a number}"; shift 2 ;;
         --force) force=1; shift ;;
         --expired) expired=1; shift ;;
@@ -128,7 +134,9 @@ san=""
 for name in "${names[@]}"; do san+="${san:+,}DNS:$name"; done
 for ip in "${ips[@]}"; do san+="${san:+,}IP:$ip"; done
 issue server "/CN=${names[0]}" serverAuth "$san"
-issue client "/CN=length-echo client" clientAuth
+client_san=""
+for entry in "${client_sans[@]}"; do client_san+="${client_san:+,}$entry"; done
+issue client "/CN=length-echo client" clientAuth "$client_san"
 chmod 644 "$out/ca.pem" "$out/server.pem" "$out/client.pem"
 
 # Check the result.

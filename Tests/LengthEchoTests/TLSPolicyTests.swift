@@ -177,6 +177,31 @@ struct TLSPolicyTests {
         }
     }
 
+    @Test("--allow-dns and --allow-uri (a SPIFFE ID) match the client certificate's subjectAltName, exactly")
+    func allowedNames() async throws {
+        let certificates = try TestCertificates.generate(
+            "sans", ["--client-dns", "client.example", "--client-uri", "spiffe://example.org/client"])
+        let base = [
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--client-ca",
+            certificates.ca, "--client-auth", "required", "--quiet",
+        ]
+        var configuration = ClientConfiguration(port: 0)
+        configuration.tls = try certificates.clientContext(withCertificate: true)
+        configuration.serverName = "localhost"
+        for (flags, allowed) in [
+            (["--allow-dns", "client.example"], true), (["--allow-uri", "spiffe://example.org/client"], true),
+            (["--allow-dns", "*.example"], false), (["--allow-uri", "spiffe://example.org/"], false),
+        ] {
+            let (server, port) = try await startServerExecutable(base + flags)
+            defer { server.terminate() }
+            configuration.port = port
+            let client = LengthEchoClient(configuration: configuration)
+            let reply = try? await client.send(bytes("me"))
+            await client.close()
+            #expect((reply?.text == "2 : me") == allowed, "\(flags)")
+        }
+    }
+
     @Test("client --pin-spki-sha256: the server's key must match as well as verify")
     func pinnedServerKey() async throws {
         let certificates = try await TestCertificates.main.value
