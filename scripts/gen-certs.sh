@@ -19,6 +19,9 @@ Writes into DIR (default: certs/):
   --ip ADDR    another IP address for the server certificate (repeatable)
   --client-dns NAME  a DNS name in the client certificate's subjectAltName (repeatable; for --allow-dns)
   --client-uri URI   a URI in the client certificate's subjectAltName, e.g. spiffe://example.org/client (for --allow-uri)
+  --revoke NAME      on certificates made before: revoke DIR/NAME.pem (client, server) in the CA's database and write
+                     DIR/crl.pem (for the server's --client-crl); repeatable
+  --crl              on certificates made before: (re)write DIR/crl.pem with what is revoked so far (none: an empty CRL)
   --days N     validity of the server and client certificates (default 825)
   --expired    make the server certificate one that expired in 2021 (to test clients)
   --force      overwrite existing files
@@ -33,6 +36,8 @@ expired=0
 names=(localhost)
 ips=(127.0.0.1 ::1)
 client_sans=()
+revoke=()
+crl_only=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -42,6 +47,8 @@ while [ $# -gt 0 ]; do
         --ip) ips+=("${2:?--ip needs an address}"); shift 2 ;;
         --client-dns) client_sans+=("DNS:${2:?--client-dns needs a DNS name}"); shift 2 ;;
         --client-uri) client_sans+=("URI:${2:?--client-uri needs a URI}"); shift 2 ;;
+        --revoke) revoke+=("${2:?--revoke needs a name: client, or server}"); shift 2 ;;
+        --crl) crl_only=1; shift ;;
         --days) days="${2:?--days needs a number}"; shift 2 ;;
         --force) force=1; shift ;;
         --expired) expired=1; shift ;;
@@ -51,6 +58,38 @@ while [ $# -gt 0 ]; do
 done
 
 command -v openssl >/dev/null || { echo "gen-certs.sh: needs the openssl command (apt-get install openssl)" >&2; exit 1; }
+
+# --revoke NAME / --crl: on certificates made before, in --out. The CA keeps a database (openssl ca's, in
+# $out/ca-db) of what it revoked; each run writes a CRL of all of it, valid 30 days, to $out/crl.pem.
+if [ ${#revoke[@]} -gt 0 ] || [ "$crl_only" -eq 1 ]; then
+    [ -f "$out/ca.pem" ] && [ -f "$out/ca.key" ] || { echo "gen-certs.sh: no CA in $out; make the certificates first" >&2; exit 1; }
+    db="$out/ca-db"
+    mkdir -p "$db"
+    touch "$db/index.txt"
+    [ -f "$db/crlnumber" ] || echo 1000 >"$db/crlnumber"
+    cat >"$db/ca.cnf" <<CNF
+[ca]
+default_ca = length_echo
+[length_echo]
+database = $db/index.txt
+crlnumber = $db/crlnumber
+default_md = sha256
+default_crl_days = 30
+unique_subject = no
+CNF
+    for name in "${revoke[@]}"; do
+        [ -f "$out/$name.pem" ] || { echo "gen-certs.sh: no certificate $out/$name.pem to revoke" >&2; exit 1; }
+        openssl ca -batch -config "$db/ca.cnf" -cert "$out/ca.pem" -keyfile "$out/ca.key" -revoke "$out/$name.pem" 2>/dev/null \
+            || { echo "gen-certs.sh: openssl ca could not revoke $out/$name.pem" >&2; exit 1; }
+        echo "gen-certs.sh: revoked $out/$name.pem ($(openssl x509 -in "$out/$name.pem" -noout -serial))"
+    done
+    openssl ca -batch -config "$db/ca.cnf" -cert "$out/ca.pem" -keyfile "$out/ca.key" -gencrl -out "$out/crl.pem" 2>/dev/null \
+        || { echo "gen-certs.sh: openssl ca could not write the CRL" >&2; exit 1; }
+    openssl crl -in "$out/crl.pem" -CAfile "$out/ca.pem" -noout 2>/dev/null || { echo "gen-certs.sh: the CRL does not verify" >&2; exit 1; }
+    echo "gen-certs.sh: wrote $out/crl.pem ($(grep -c '^R' "$db/index.txt") revoked); use it with:"
+    echo "  swift run server --tls --cert $out/server.pem --key $out/server.key --client-ca $out/ca.pem --client-auth required --client-crl $out/crl.pem"
+    exit 0
+fi
 
 files=(ca.pem ca.key server.pem server.key client.pem client.key)
 for file in "${files[@]}"; do

@@ -134,6 +134,15 @@ extension String {
 /// verified, the leaf must match the policy; otherwise the handshake fails with an alert, and the connection
 /// remembers what was refused for its error.
 func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> Int32 {
+    // A CRL past its next update, accepted when the server was told to (it warned at start).
+    if preverified == 0, let store, X509_STORE_CTX_get_error(store) == X509_V_ERR_CRL_HAS_EXPIRED,
+        let sslPointer = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
+        let connectionPointer = SSL_get_ex_data(OpaquePointer(sslPointer), 0),
+        Unmanaged<TLSConnection>.fromOpaque(connectionPointer).takeUnretainedValue().allowsStaleCRL
+    {
+        X509_STORE_CTX_set_error(store, X509_V_OK)
+        return 1
+    }
     guard preverified == 1, let store, X509_STORE_CTX_get_error_depth(store) == 0,
         let sslPointer = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
         let connectionPointer = SSL_get_ex_data(OpaquePointer(sslPointer), 0),

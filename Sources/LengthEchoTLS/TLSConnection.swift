@@ -47,6 +47,8 @@ final class TLSConnection {
     var refusedIdentity: String?
     /// The identities accepted beyond the CA's verification (the context's), if any.
     var identityPolicy: IdentityPolicy? { self.context.identityPolicy }
+    /// Whether a CRL past its next update is accepted (the server was told to).
+    var allowsStaleCRL: Bool { self.context.revocation?.allowStale == true }
 
     init(context: TLSContext, expectedHost: String?, session: TLSSession? = nil) throws(TLSError) {
         OpenSSLErrors.clear()
@@ -68,7 +70,7 @@ final class TLSConnection {
         self.expectedHost = expectedHost
         // The verify callback finds this connection through the SSL (for the identity policy). The SSL lives
         // no longer than this object, which frees it.
-        if context.identityPolicy != nil {
+        if context.needsVerifyCallback {
             SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
         }
         if context.isServer {
@@ -323,6 +325,12 @@ final class TLSConnection {
                 hint = "\(whose) has expired"
             case X509_V_ERR_CERT_NOT_YET_VALID:
                 hint = "\(whose) is not valid yet (check the clocks)"
+            case X509_V_ERR_CERT_REVOKED:
+                hint = "\(whose) is revoked"
+            case X509_V_ERR_CRL_HAS_EXPIRED:
+                hint = "the CRL is past its next-update date: renew it (no client is served until then)"
+            case X509_V_ERR_UNABLE_TO_GET_CRL:
+                hint = "there is no CRL from the issuer of \(whose)"
             case X509_V_ERR_APPLICATION_VERIFICATION:
                 cause = .identityRefused
                 hint =
@@ -378,6 +386,9 @@ final class TLSConnection {
             anyOf: SSL_R_TLSV1_ALERT_PROTOCOL_VERSION, SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_NO_PROTOCOLS_AVAILABLE)
         {
             return ("no TLS version in common with the peer (\(text))", .noSharedVersion)
+        }
+        if entries.contains(anyOf: SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED) {
+            return ("the server says our client certificate is revoked (\(text))", .ourCertificateRefused)
         }
         if entries.contains(anyOf: SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL) {
             return ("the server requires ALPN \(ALPN.protocolName), which was not offered (\(text))", nil)

@@ -60,6 +60,12 @@ public final class TLSContext: @unchecked Sendable {
     /// The peer identities accepted beyond the CA's verification (client certificates on a server, pinned keys
     /// on a client); nil: any certificate the CA verifies.
     let identityPolicy: IdentityPolicy?
+    /// Server role: the client CRLs checked, if any.
+    public private(set) var revocation: RevocationPolicy?
+    /// Server role: the CRLs past their next-update date when loaded (set while the context is built).
+    public private(set) var staleCRLs: [String] = []
+    /// Whether the verify callback has work to do (an identity policy, or stale CRLs to accept).
+    var needsVerifyCallback: Bool { self.identityPolicy != nil || self.revocation?.allowStale == true }
 
     private init(
         pointer: OpaquePointer,
@@ -118,7 +124,8 @@ public final class TLSContext: @unchecked Sendable {
         ticketKeyLifetime: Duration = .seconds(12 * 3600),
         requireALPN: Bool = false,
         keyLog: Bool = false,
-        allowedClients: IdentityPolicy = IdentityPolicy()
+        allowedClients: IdentityPolicy = IdentityPolicy(),
+        revocation: RevocationPolicy? = nil
     ) throws(TLSError) -> TLSContext {
         OpenSSLErrors.clear()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
@@ -131,9 +138,10 @@ public final class TLSContext: @unchecked Sendable {
             SSL_CTX_free(ctx)
             throw TLSError(.configuration, "cannot make a session-ticket key: no random bytes")
         }
-        if !allowedClients.isEmpty && clientAuthentication == .none {
+        if (!allowedClients.isEmpty || revocation != nil) && clientAuthentication == .none {
             SSL_CTX_free(ctx)
-            throw TLSError(.configuration, "allowed client identities need client certificates to be asked for")
+            throw TLSError(
+                .configuration, "allowed client identities and client CRLs need client certificates to be asked for")
         }
         let context = TLSContext(
             pointer: ctx, isServer: true, verifiesPeer: clientAuthentication != .none, hasCertificate: true,
@@ -185,7 +193,11 @@ public final class TLSContext: @unchecked Sendable {
             SSL_CTX_set_client_CA_list(ctx, names)
             let mode =
                 clientAuthentication == .required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
-            SSL_CTX_set_verify(ctx, mode, allowedClients.isEmpty ? nil : identityVerifyCallback)
+            if let revocation {
+                context.revocation = revocation
+                context.staleCRLs = try context.useCRLs(revocation, on: ctx)
+            }
+            SSL_CTX_set_verify(ctx, mode, context.needsVerifyCallback ? identityVerifyCallback : nil)
         }
         return context
     }

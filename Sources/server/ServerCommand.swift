@@ -122,6 +122,25 @@ struct ServerCommand: AsyncParsableCommand {
     var allowSPKI: [String] = []
 
     @Option(
+        name: .customLong("client-crl"),
+        help:
+            "With --client-auth: refuse client certificates revoked in these CRLs (PEM, one or more); SIGHUP reloads it."
+    )
+    var clientCRL: String?
+
+    @Flag(
+        name: .customLong("crl-check-all"),
+        help: "With --client-crl: check every certificate of the chain, not only the client's.")
+    var crlCheckAll = false
+
+    @Flag(
+        name: .customLong("crl-allow-stale"),
+        help:
+            "With --client-crl: accept a CRL past its next-update date (warned about) instead of refusing every client."
+    )
+    var crlAllowStale = false
+
+    @Option(
         name: .customLong("tls-keylog"),
         help: """
             With --tls: append every connection's TLS secrets to FILE (NSS key log, mode 0600) so Wireshark or \
@@ -248,6 +267,12 @@ struct ServerCommand: AsyncParsableCommand {
             throw ValidationError(
                 "--allow-cn, --allow-dns, --allow-uri and --allow-spki-sha256 need --client-auth optional or required")
         }
+        if self.clientCRL != nil && self.clientAuth == .none {
+            throw ValidationError("--client-crl needs --client-auth optional or required")
+        }
+        if (self.crlCheckAll || self.crlAllowStale) && self.clientCRL == nil {
+            throw ValidationError("--crl-check-all and --crl-allow-stale need --client-crl")
+        }
         for spki in self.allowSPKI where IdentityPolicy.digest(hex: spki) == nil {
             throw ValidationError("--allow-spki-sha256 \(spki): expected 64 hex digits (colons allowed)")
         }
@@ -308,7 +333,10 @@ struct ServerCommand: AsyncParsableCommand {
             keyLog: self.tlsKeylog != nil,
             allowedClients: IdentityPolicy(
                 commonNames: self.allowCN, dnsNames: self.allowDNS, uris: self.allowURI,
-                publicKeySHA256: self.allowSPKI.compactMap(IdentityPolicy.digest(hex:)))
+                publicKeySHA256: self.allowSPKI.compactMap(IdentityPolicy.digest(hex:))),
+            revocation: self.clientCRL.map {
+                RevocationPolicy(crlFile: $0, checkWholeChain: self.crlCheckAll, allowStale: self.crlAllowStale)
+            }
         )
     }
 
@@ -542,15 +570,25 @@ extension ServerCommand {
 
     /// When each certificate file last changed (and its size), to notice a renewal.
     func certificateFilesStamp() -> [String] {
-        [self.cert ?? "certs/server.pem", self.key ?? "certs/server.key", self.clientCA].compactMap { $0 }.map { path in
+        [self.cert ?? "certs/server.pem", self.key ?? "certs/server.key", self.clientCA, self.clientCRL].compactMap {
+            $0
+        }.map { path in
             var info = stat()
             guard stat(path, &info) == 0 else { return "\(path): missing" }
             return "\(path): \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_size) \(info.st_ino)"
         }
     }
 
-    /// A warning when the certificate expires within 14 days (or has expired).
+    /// A warning when the certificate expires within 14 days (or has expired), and about stale CRLs.
     static func warnIfExpiring(_ context: TLSContext, console: Console) {
+        for stale in context.staleCRLs {
+            console.say(
+                .warning,
+                context.revocation?.allowStale == true
+                    ? "warning: the CRL is past its next-update date (\(stale)); accepted (--crl-allow-stale), renew it"
+                    : "warning: the CRL is past its next-update date (\(stale)): every client is refused until it is renewed (or pass --crl-allow-stale)"
+            )
+        }
         guard let notAfter = context.certificateNotAfter else { return }
         let left = Double(notAfter) - Date().timeIntervalSince1970
         guard left < 14 * 24 * 3600 else { return }

@@ -202,6 +202,40 @@ struct TLSPolicyTests {
         }
     }
 
+    @Test("--client-crl: a revoked client is refused with `revoked` on both sides; SIGHUP reads the CRL again")
+    func revocation() async throws {
+        let certificates = try TestCertificates.generate("revocation")
+        let gen = TestCertificates.packageRoot + "/scripts/gen-certs.sh"
+        #expect(try run("/bin/bash", [gen, "--out", certificates.directory, "--crl"]).status == 0)
+        let crl = certificates.directory + "/crl.pem"
+        let (server, port) = try await startServerExecutable([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--client-ca",
+            certificates.ca, "--client-auth", "required", "--client-crl", crl, "--quiet", "--log-format", "json",
+        ])
+        defer { server.terminate() }
+        let client = {
+            try Executable(
+                "client",
+                [
+                    "--tls", "--ca", certificates.ca, "--cert", certificates.clientCertificate, "--key",
+                    certificates.clientKey, "--server-name", "localhost", "--port", "\(port)", "hello",
+                ])
+        }
+        let before = try client()
+        #expect(await before.exitStatus() == 0 && before.stdout == "5 : hello\n", "not revoked yet: \(before.stderr)")
+        let revoked = try run("/bin/bash", [gen, "--out", certificates.directory, "--revoke", "client"])
+        #expect(revoked.status == 0, "\(revoked.output)")
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) { $0.stderr.contains("reloaded the certificate") || !$0.isRunning }
+        let after = try client()
+        #expect(await after.exitStatus() != 0)
+        #expect(after.stderr.contains("revoked"), "\(after.stderr)")
+        let lines = await waitForConnectionLines(server, count: 2)
+        #expect(
+            lines.contains { ($0["detail"] as? String)?.contains("the client's certificate is revoked") == true },
+            "\(lines)")
+    }
+
     @Test("client --pin-spki-sha256: the server's key must match as well as verify")
     func pinnedServerKey() async throws {
         let certificates = try await TestCertificates.main.value
