@@ -236,6 +236,63 @@ struct TLSPolicyTests {
             "\(lines)")
     }
 
+    @Test("a CRL past its next update: every client refused and the reason logged, or accepted with --crl-allow-stale")
+    func staleCRL() async throws {
+        let certificates = try TestCertificates.generate("stale-crl")
+        let directory = certificates.directory
+        #expect(
+            try run("/bin/bash", [TestCertificates.packageRoot + "/scripts/gen-certs.sh", "--out", directory, "--crl"])
+                .status == 0)
+        // A CRL whose next update was in 2020, from the same CA database.
+        let stale = directory + "/stale.pem"
+        let made = try run(
+            "/usr/bin/openssl",
+            [
+                "ca", "-batch", "-config", directory + "/ca-db/ca.cnf", "-cert", certificates.ca, "-keyfile",
+                directory + "/ca.key", "-gencrl", "-crl_lastupdate", "20200101000000Z", "-crl_nextupdate",
+                "20200201000000Z", "-out", stale,
+            ])
+        #expect(made.status == 0, "\(made.output)")
+        for allow in [false, true] {
+            let (server, port) = try await startServerExecutable(
+                [
+                    "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--client-ca",
+                    certificates.ca, "--client-auth", "required", "--client-crl", stale, "--quiet",
+                ] + (allow ? ["--crl-allow-stale"] : []))
+            defer { server.terminate() }
+            await server.wait(seconds: 10) { $0.stderr.contains("past its next-update date") || !$0.isRunning }
+            #expect(server.stderr.contains(allow ? "accepted (--crl-allow-stale)" : "every client is refused"))
+            let client = try Executable(
+                "client",
+                [
+                    "--tls", "--ca", certificates.ca, "--cert", certificates.clientCertificate, "--key",
+                    certificates.clientKey, "--server-name", "localhost", "--port", "\(port)", "hi",
+                ])
+            #expect((await client.exitStatus() == 0) == allow, "\(client.stderr)")
+            if !allow {
+                await server.wait(seconds: 10) { $0.stderr.contains("connection ended") || !$0.isRunning }
+                #expect(server.stderr.contains("the CRL is past its next-update date: renew it"))
+            }
+        }
+    }
+
+    @Test("openssl s_client with a revoked certificate gets the certificate_revoked alert")
+    func revokedAgainstSClient() async throws {
+        let certificates = try TestCertificates.generate("revoked-sclient")
+        let gen = TestCertificates.packageRoot + "/scripts/gen-certs.sh"
+        #expect(try run("/bin/bash", [gen, "--out", certificates.directory, "--revoke", "client"]).status == 0)
+        let (server, port) = try await startServerExecutable([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--client-ca",
+            certificates.ca, "--client-auth", "required", "--client-crl", certificates.directory + "/crl.pem",
+            "--quiet",
+        ])
+        defer { server.terminate() }
+        let output = try await self.sClient(
+            port: port, ca: certificates.ca,
+            "-cert \(certificates.clientCertificate) -key \(certificates.clientKey) -tls1_2")
+        #expect(output.contains("alert certificate revoked"), "\(output)")
+    }
+
     @Test("client --pin-spki-sha256: the server's key must match as well as verify")
     func pinnedServerKey() async throws {
         let certificates = try await TestCertificates.main.value
