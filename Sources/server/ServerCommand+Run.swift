@@ -1,0 +1,241 @@
+import ArgumentParser
+import CoreMetrics
+import Foundation
+import LengthEcho
+import LengthEchoCore
+import LengthEchoTLS
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension ServerCommand {
+    func run() async throws {
+        // Trapped first: a signal that arrives while the server starts is handled once it is up, never fatal.
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
+        let (level, format) = (self.logLevel, self.logFormat)
+        LoggingSystem.bootstrap { label in
+            var handler = QueuedLogHandler(label: label, format: format)
+            handler.logLevel = level
+            return handler
+        }
+        defer { QueuedLogHandler.writer.flush() }
+        let console = Console(format: format)
+        var configuration = ServerConfiguration()
+        if !self.host.isEmpty { configuration.hosts = self.host }
+        configuration.port = self.port
+        // Run by systemd: its notify socket, and the listening sockets it may pass (then nothing else is bound).
+        let systemd = SystemdNotifier()
+        do {
+            if let sockets = try SocketActivation.listeningSockets() { configuration.listeningSockets = sockets }
+        } catch {
+            console.say(.error, "\(error)")
+            throw ExitCode.failure
+        }
+        configuration.framing = self.framing
+        configuration.maximumMessageLength = self.maxMessage
+        configuration.idleTimeout = .fromSeconds(self.idleTimeout)
+        configuration.messageTimeout = .fromSeconds(self.messageTimeout)
+        configuration.maximumConnections = self.maxConnections
+        configuration.drainTimeout = .fromSeconds(self.drainTimeout)
+        configuration.threads = self.threads
+        configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
+        configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
+        configuration.handshakesPerSecondPerAddress = self.handshakeRate
+        if !self.allowFrom.isEmpty || !self.denyFrom.isEmpty {
+            configuration.addressPolicy = AddressPolicy(
+                allow: self.allowFrom.compactMap(AddressRange.init), deny: self.denyFrom.compactMap(AddressRange.init))
+        }
+        if self.proxyProtocol {
+            configuration.proxyProtocol = ProxyProtocolConfiguration(
+                trustedSources: self.proxyFrom.compactMap(AddressRange.init),
+                headerTimeout: .fromSeconds(self.proxyTimeout)
+            )
+        }
+        if self.tls {
+            self.checkKeyPermissions(console: console)
+            if let path = self.tlsKeylog {
+                do {
+                    try TLSKeyLog.open(path)
+                } catch {
+                    console.say(.error, "\(error)")
+                    throw ExitCode.failure
+                }
+                console.say(
+                    .warning,
+                    "warning: --tls-keylog: every connection's session keys go to \(path); anyone who reads it can decrypt the traffic (debugging only)"
+                )
+            }
+            do {
+                configuration.tls = try self.makeTLSContext()
+            } catch {
+                console.say(.error, "\(error)")
+                if self.cert == nil { console.say(.error, "(make test certificates with scripts/gen-certs.sh)") }
+                throw ExitCode.failure
+            }
+        }
+        // Metrics: swift-metrics with swift-prometheus behind it, bootstrapped once, only when they are served.
+        let registry = PrometheusCollectorRegistry()
+        if self.status != nil {
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            for result in ["success", "failure"] {
+                Counter(label: "length_echo_reloads_total", dimensions: [("result", result)]).increment(by: 0)
+            }
+        }
+        let connectionLines = ConnectionLines(format: format, level: level)
+        configuration.connectionLog = { summary in connectionLines.write(summary) }
+        var receiveLog: ReceiveLog?
+        if !self.quiet {
+            let log = ReceiveLog()
+            receiveLog = log
+            configuration.onMessage = { message, _ in log.print(message) }
+        }
+
+        let server: LengthEchoServer
+        do {
+            server = try await LengthEchoServer.start(configuration: configuration)
+        } catch {
+            console.say(.error, "\(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
+            throw ExitCode.failure
+        }
+        var statusServer: StatusServer?
+        if let status = self.status, let (host, port) = Self.statusAddress(status) {
+            do {
+                statusServer = try await StatusServer.start(for: server, host: host, port: port) {
+                    registry.emitToBuffer()
+                }
+            } catch {
+                console.say(.error, "status port: \(error)")
+                await server.shutdown()
+                throw ExitCode.failure
+            }
+        }
+        let addresses = server.localAddresses.map {
+            LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0)
+        }
+        let security =
+            self.tls
+            ? "TLS \(self.tlsMin.rawValue)+"
+                + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)")
+            : "plaintext"
+        let framing = self.framing == .nul ? "" : ", \(self.framing.rawValue) framing"
+        let proxy = self.proxyProtocol ? ", PROXY protocol from \(self.proxyFrom.joined(separator: " "))" : ""
+        console.say(.notice, "listening on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))")
+        if let address = statusServer?.localAddress {
+            console.say(
+                .notice,
+                "status on http://\(LengthEchoError.format(host: address.ipAddress ?? "?", port: address.port ?? 0))/ (healthz, readyz, metrics)"
+            )
+        }
+        // The lifecycle, with swift-service-lifecycle: the server and its helpers as services of one group,
+        // whose graceful shutdown (SIGTERM or SIGINT) drains the server last.
+        let serving = "serving on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))"
+        var services: [any Service] = [DrainingServer(server: server)]
+        if let context = configuration.tls {
+            services.append(
+                Repeating(every: .seconds(24 * 3600), now: true) {  // at start, then daily
+                    Self.warnIfExpiring(server.currentTLSContext ?? context, console: console)
+                })
+        }
+        if let interval = systemd.watchdogInterval {
+            services.append(
+                Repeating(every: interval, now: true) {  // pinged only while every event loop answers
+                    await server.eventLoopsAnswer()
+                    systemd.notify("WATCHDOG=1")
+                })
+        }
+        if let seconds = self.reloadInterval, self.tls {
+            let stamp = Mutex(self.certificateFilesStamp())
+            services.append(
+                Repeating(every: .seconds(seconds), now: false) {  // short-lived certificates
+                    let now = self.certificateFilesStamp()
+                    if stamp.withLock({ seen in
+                        defer { seen = now }; return seen != now
+                    }) {
+                        self.reload(server, console: console, why: "the certificate files changed")
+                    }
+                })
+        }
+        var lifecycleLogger = Logger(label: "length-echo.lifecycle")
+        lifecycleLogger.logLevel = max(level, .notice)
+        let group = ServiceGroup(services: services, logger: lifecycleLogger)
+        systemd.notify("READY=1\nSTATUS=\(serving)")
+
+        // Signals: trapped since start-up (none is lost), handed to the group: SIGHUP reloads, the first SIGTERM
+        // or SIGINT drains, a second one exits at once.
+        let signalTask = Task {
+            var draining = false
+            for await signal in signals {
+                switch signal {
+                case .sighup where !draining:
+                    systemd.reloading()
+                    self.reload(server, console: console)
+                    systemd.notify("READY=1\nSTATUS=\(serving)")
+                case .sighup:
+                    continue
+                default:
+                    guard !draining else {
+                        console.say(.warning, "second signal, exiting now")
+                        QueuedLogHandler.writer.flush()
+                        Glibc.exit(130)
+                    }
+                    draining = true
+                    let message =
+                        "\(signal == .sigint ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections"
+                    systemd.notify("STOPPING=1\nSTATUS=\(message)")
+                    console.say(.notice, message)
+                    await group.triggerGracefulShutdown()
+                }
+            }
+        }
+        defer { signalTask.cancel() }
+        do {
+            try await group.run()
+        } catch {
+            console.say(.error, "\(error)")
+            await server.shutdown()
+        }
+        receiveLog?.flush()
+        console.say(.notice, "stopped")
+    }
+}
+
+extension ServerCommand {
+    /// `PORT` (on 127.0.0.1), `ADDR:PORT` or `[IPv6]:PORT`; nil when it is none of them.
+    static func statusAddress(_ text: String) -> (host: String, port: Int)? {
+        func port(_ digits: Substring) -> Int? {
+            guard let port = Int(digits), (0...65535).contains(port), digits.allSatisfy(\.isNumber) else { return nil }
+            return port
+        }
+        if let only = port(Substring(text)) { return ("127.0.0.1", only) }
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":"), let number = port(rest.dropFirst()) else { return nil }
+            return (String(text[text.index(after: text.startIndex)..<close]), number)
+        }
+        guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":"),
+            let number = port(text[text.index(after: colon)...]), colon > text.startIndex
+        else { return nil }
+        return (String(text[..<colon]), number)
+    }
+
+    /// What this program's user can do about a library error, in terms of its own flags.
+    static func advice(for error: any Error) -> String? {
+        guard case LengthEchoError.bindFailed(_, _, let reason) = error else { return nil }
+        switch reason {
+        case .addressInUse: return "stop the other server or pick another --port"
+        case .noSuchAddress, .hostNotFound: return "check --host"
+        case .permissionDenied, .familyNotSupported, .other: return nil
+        }
+    }
+}

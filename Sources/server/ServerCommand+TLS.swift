@@ -1,0 +1,110 @@
+import ArgumentParser
+import CoreMetrics
+import Foundation
+import LengthEcho
+import LengthEchoCore
+import LengthEchoTLS
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The TLS side of the command: the context from the flags, the key's permissions, reloads, expiry.
+extension ServerCommand {
+    func checkKeyPermissions(console: Console) {
+        let path = self.key ?? "certs/server.key"
+        var info = stat()
+        guard stat(path, &info) == 0 else { return }  // a missing key is reported by the TLS context
+        if info.st_mode & 0o077 != 0 {
+            console.say(
+                .warning,
+                "warning: the key \(path) is readable by "
+                    + "\(info.st_mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(info.st_mode & 0o777, radix: 8))); "
+                    + "chmod 600 it")
+        }
+        if info.st_uid != geteuid() {
+            console.say(
+                .warning,
+                "warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid())")
+        }
+    }
+
+    func makeTLSContext() throws -> TLSContext {
+        try TLSContext.server(
+            certificateChain: self.cert ?? "certs/server.pem",
+            privateKey: self.key ?? "certs/server.key",
+            clientCA: self.clientCA,
+            clientAuthentication: self.clientAuth,
+            minimumVersion: self.tlsMin,
+            requireALPN: self.alpnRequired,
+            keyLog: self.tlsKeylog != nil,
+            allowedClients: IdentityPolicy(
+                commonNames: self.allowCN, dnsNames: self.allowDNS, uris: self.allowURI,
+                publicKeySHA256: self.allowSPKI.compactMap(IdentityPolicy.digest(hex:))),
+            revocation: self.clientCRL.map {
+                RevocationPolicy(crlFile: $0, checkWholeChain: self.crlCheckAll, allowStale: self.crlAllowStale)
+            }
+        )
+    }
+
+    /// SIGHUP: read the certificate, key and client CA again (a renewal), for new connections. If they are
+    /// not usable, say why and keep serving with the ones already loaded.
+    func reload(_ server: LengthEchoServer, console: Console, why: String = "SIGHUP") {
+        guard self.tls else {
+            console.say(.notice, "\(why): nothing to reload without --tls")
+            return
+        }
+        do {
+            let context = try self.makeTLSContext()
+            server.replaceTLSContext(context)
+            Counter(label: "length_echo_reloads_total", dimensions: [("result", "success")]).increment()
+            console.say(.notice, "\(why): reloaded the certificate and key for new connections")
+            Self.warnIfExpiring(context, console: console)
+        } catch {
+            Counter(label: "length_echo_reloads_total", dimensions: [("result", "failure")]).increment()
+            console.say(.error, "\(why): kept the certificate already loaded: \(error)")
+        }
+    }
+
+    /// When each certificate file last changed (and its size), to notice a renewal.
+    func certificateFilesStamp() -> [String] {
+        [self.cert ?? "certs/server.pem", self.key ?? "certs/server.key", self.clientCA, self.clientCRL].compactMap {
+            $0
+        }.map { path in
+            var info = stat()
+            guard stat(path, &info) == 0 else { return "\(path): missing" }
+            return "\(path): \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_size) \(info.st_ino)"
+        }
+    }
+
+    /// A warning when the certificate expires within 14 days (or has expired), and about stale CRLs.
+    static func warnIfExpiring(_ context: TLSContext, console: Console) {
+        for stale in context.staleCRLs {
+            console.say(
+                .warning,
+                context.revocation?.allowStale == true
+                    ? "warning: the CRL is past its next-update date (\(stale)); accepted (--crl-allow-stale), renew it"
+                    : "warning: the CRL is past its next-update date (\(stale)): every client is refused until it is renewed (or pass --crl-allow-stale)"
+            )
+        }
+        guard let notAfter = context.certificateNotAfter else { return }
+        let left = Double(notAfter) - Date().timeIntervalSince1970
+        guard left < 14 * 24 * 3600 else { return }
+        let when = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(notAfter)))
+        console.say(
+            .warning,
+            left <= 0
+                ? "warning: the certificate expired at \(when); renew it and send SIGHUP"
+                : "warning: the certificate expires in \(Int(left / 86400)) days (\(when)); renew it and send SIGHUP")
+    }
+}
