@@ -293,6 +293,28 @@ struct TLSPolicyTests {
         #expect(output.contains("alert certificate revoked"), "\(output)")
     }
 
+    @Test("TLS 1.3 suites in the server's order (AES-128-GCM first on an AES CPU); TLS 1.2 keeps the client's order")
+    func suitePreference() async throws {
+        let certificates = try await TestCertificates.main.value
+        let context = try certificates.serverContext()
+        let server = try await startServer {
+            $0.tls = context
+            $0.idleTimeout = .milliseconds(1500)
+        }
+        let port = server.port
+        // OpenSSL's own client lists AES-256-GCM first: the server's preference wins on TLS 1.3.
+        let tls13 = try await self.sClient(port: port, ca: certificates.ca, "-brief")
+        #expect(tls13.contains("TLS_AES_128_GCM_SHA256") || tls13.contains("TLS_CHACHA20_POLY1305_SHA256"), "\(tls13)")
+        let chachaOnly = try await self.sClient(
+            port: port, ca: certificates.ca, "-brief -ciphersuites TLS_CHACHA20_POLY1305_SHA256")
+        #expect(chachaOnly.contains("TLS_CHACHA20_POLY1305_SHA256"), "every suite is still offered: \(chachaOnly)")
+        let tls12 = try await self.sClient(
+            port: port, ca: certificates.ca,
+            "-brief -tls1_2 -cipher ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")
+        #expect(tls12.contains("ECDHE-ECDSA-AES256-GCM-SHA384"), "TLS 1.2: the client's first choice: \(tls12)")
+        await server.shutdown()
+    }
+
     @Test("client --pin-spki-sha256: the server's key must match as well as verify")
     func pinnedServerKey() async throws {
         let certificates = try await TestCertificates.main.value
