@@ -178,7 +178,8 @@ public final class TLSContext: @unchecked Sendable {
         // One TLS 1.3 ticket per handshake instead of OpenSSL's two: a client resumes with one, and each
         // ticket costs the server an encryption (about 3% of a full handshake here).
         try check(SSL_CTX_set_num_tickets(ctx, 1) == 1, "the number of session tickets")
-        // Mozilla intermediate: the client's cipher preference (all offered ciphers are strong).
+        // Mozilla intermediate: the client's TLS 1.2 cipher preference (all offered ciphers are strong); TLS 1.3
+        // clients get the server's suite order (see serverClientHello).
         _ = shim_SSL_CTX_set_session_cache_mode(ctx, shim_SSL_SESS_CACHE_SERVER())  // returns the old mode
         var sessionContext = Array("length-echo".utf8)
         try check(
