@@ -140,7 +140,7 @@ final class TLSConnection {
     }
 
     /// Ciphertext fed in but not yet decrypted: an upper bound on the plaintext it can yield.
-    var inputPending: Int { self.io.inbound.readableBytes }
+    var inputPending: Int { self.io.inputPending }
 
     /// Ciphertext OpenSSL has produced for the peer and nobody has taken yet.
     var outputPending: Int { self.io.outbound.readableBytes }
@@ -163,9 +163,23 @@ final class TLSConnection {
 
     // MARK: SSL calls, each with a clean error queue
 
+    /// Advances the handshake. OpenSSL's record buffers (about 34 KiB) are kept while a flight is read or
+    /// written and freed whenever the handshake waits for the peer, so a stalled handshake holds no more than
+    /// an idle connection; once done, they are released after every record (`SSL_MODE_RELEASE_BUFFERS`, set
+    /// only now: during the handshake it would free and allocate them again for each of its records).
     func handshake() -> Status {
         OpenSSLErrors.clear()
-        return self.status(SSL_do_handshake(self.ssl))
+        let status = self.status(SSL_do_handshake(self.ssl))
+        switch status {
+        case .done:
+            _ = shim_SSL_set_mode(self.ssl, shim_SSL_MODE_RELEASE_BUFFERS())  // returns the new mode: it sets a bit
+            _ = SSL_free_buffers(self.ssl)  // 0 when a record is still in them: released after it instead
+        case .wantRead:
+            _ = SSL_free_buffers(self.ssl)
+        case .closed, .failed:
+            break
+        }
+        return status
     }
 
     /// Decrypts what it can into `buffer`, growing it only if OpenSSL holds more than it has room for.

@@ -157,7 +157,9 @@ public final class TLSContext: @unchecked Sendable {
         }
         guard let ticketKeys = TicketKeys(lifetime: ticketKeyLifetime) else {
             SSL_CTX_free(ctx)
-            throw TLSError(.configuration, "cannot make a session-ticket key: no random bytes")
+            throw TLSError(
+                .configuration,
+                "cannot make a session-ticket key: no random bytes, or no AES-256-CBC in OpenSSL's providers")
         }
         if (!allowedClients.isEmpty || revocation != nil) && clientAuthentication == .none {
             SSL_CTX_free(ctx)
@@ -296,9 +298,9 @@ public final class TLSContext: @unchecked Sendable {
         try check(SSL_CTX_set_options(ctx, options) & options == options, "the TLS options")
         try check(SSL_CTX_set_cipher_list(ctx, Self.intermediateCiphers) == 1, "the TLS 1.2 cipher list")
         try check(shim_SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") == 1, "the key exchange groups")
-        // Idle connections give their read and write buffers back (about 34 KiB each).
-        let mode = shim_SSL_MODE_RELEASE_BUFFERS()
-        try check(shim_SSL_CTX_set_mode(ctx, mode) & mode == mode, "the buffer mode")
+        // Idle connections give their read and write buffers back (about 34 KiB each): each connection frees
+        // them whenever its handshake waits for the peer, and releases them after every record once the
+        // handshake is done (TLSConnection.handshake).
         // Never prompt on the terminal for a passphrase: an encrypted key is an error with a hint.
         SSL_CTX_set_default_passwd_cb(ctx) { _, _, _, _ in 0 }
     }

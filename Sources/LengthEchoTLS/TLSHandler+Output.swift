@@ -69,7 +69,9 @@ extension TLSHandler {
     /// take before it reads from the peer (a TLS 1.2 renegotiation, refused but answered) stays first in
     /// line and is retried after the next read; a write that fails fails the connection and every write
     /// after it.
-    func encryptFlushedWrites(context: ChannelHandlerContext) {
+    ///
+    /// - Parameter soon: within a read, the records may wait for the end of the read burst (`sendOutput`).
+    func encryptFlushedWrites(context: ChannelHandlerContext, soon: Bool = false) {
         var promises: [EventLoopPromise<Void>] = []
         var done = 0
         if self.writes.hasFlushed {
@@ -103,14 +105,29 @@ extension TLSHandler {
             }
             self.writes.removeFirst(done)
         }
-        self.sendOutput(context: context, promises: promises)
+        self.sendOutput(context: context, promises: promises, soon: soon)
         self.connection.releaseIdleBuffers()
     }
 
     /// Sends what OpenSSL has produced for the peer as one write, which completes `promises`. With nothing
     /// to send but promises waiting, an empty write carries them, so they still complete only after every
     /// write before them is on the wire.
-    func sendOutput(context: ChannelHandlerContext, promises: [EventLoopPromise<Void>] = []) {
+    ///
+    /// - Parameter soon: during a read, wait for the end of the read burst (`channelReadComplete`), so that a
+    ///   handshake flight or a ticket leaves in the same write as the replies to what was read with it: one
+    ///   write per burst. Any later send takes what waited, and its promises, first.
+    func sendOutput(context: ChannelHandlerContext, promises: [EventLoopPromise<Void>] = [], soon: Bool = false) {
+        if soon && self.inRead {
+            self.outputDeferred = true
+            self.deferredPromises.append(contentsOf: promises)
+            return
+        }
+        self.outputDeferred = false
+        var promises = promises
+        if !self.deferredPromises.isEmpty {
+            promises = self.deferredPromises + promises
+            self.deferredPromises.removeAll()
+        }
         let promise: EventLoopPromise<Void>?
         switch promises.count {
         case 0: promise = nil

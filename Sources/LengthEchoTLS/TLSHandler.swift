@@ -71,6 +71,12 @@ public final class TLSHandler: ChannelDuplexHandler {
     var writes = PendingWrites()
     /// Whether the peer's close_notify has arrived: its direction is finished, whatever ours is doing.
     var inputClosed = false
+    /// Whether a read from the socket is being handled: what OpenSSL says meanwhile (a handshake flight, a
+    /// ticket) waits for the end of the read burst, to leave in one write with the replies it caused.
+    var inRead = false
+    /// Whether such output waits for the end of the burst, and the promises that go with it.
+    var outputDeferred = false
+    var deferredPromises: [EventLoopPromise<Void>] = []
 
     /// - Parameters:
     ///   - expectedHost: client role: the name or address connected to, sent as SNI (names only) and verified.
@@ -142,10 +148,11 @@ public final class TLSHandler: ChannelDuplexHandler {
             let info = self.connection.info
             handshake.promise?.succeed(info)
             context.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(info))
-            // One write: the handshake's last flight, and whatever was flushed while it ran.
-            self.encryptFlushedWrites(context: context)
+            // One write: the handshake's last flight (a server's: its ticket), whatever was flushed while it ran
+            // and, within a read, the replies to what came with it.
+            self.encryptFlushedWrites(context: context, soon: true)
         case .wantRead:
-            self.sendOutput(context: context)
+            self.sendOutput(context: context, soon: true)
         case .closed:
             self.failHandshake(Self.closedDuringHandshake, context: context)
         case .failed(let entries):
@@ -219,9 +226,13 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = self.unwrapInboundIn(data)
+        self.inRead = true
         // Never hold the socket's read buffer past this read: NIO reuses it only if nobody else holds it,
         // and otherwise keeps one more in its pool for the life of the connection.
-        defer { self.connection.releaseIdleBuffers() }
+        defer {
+            self.inRead = false
+            self.connection.releaseIdleBuffers()
+        }
         switch self.state {
         case .idle, .refusing, .closed:
             return  // nothing to say to the peer any more: discarded
@@ -263,9 +274,9 @@ public final class TLSHandler: ChannelDuplexHandler {
         case .done, .wantRead:
             // A write that waited for this read goes now; else what OpenSSL said (tickets, key updates).
             if self.writes.hasFlushed, case .active = self.state {
-                self.encryptFlushedWrites(context: context)
+                self.encryptFlushedWrites(context: context, soon: true)
             } else {
-                self.sendOutput(context: context)
+                self.sendOutput(context: context, soon: true)
             }
         case .closed:
             self.inputClosed = true
@@ -314,6 +325,12 @@ public final class TLSHandler: ChannelDuplexHandler {
             handshake.promise?.fail(error)
             self.fail(error, context: context)
         }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        // The stages above flush their replies here, which sends what waited with them.
+        context.fireChannelReadComplete()
+        if self.outputDeferred { self.sendOutput(context: context) }
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -366,6 +383,10 @@ public final class TLSHandler: ChannelDuplexHandler {
             break
         }
         self.writes.failAll(ChannelError.ioOnClosedChannel)
+        self.outputDeferred = false
+        let deferred = self.deferredPromises
+        self.deferredPromises = []
+        for promise in deferred { promise.fail(ChannelError.ioOnClosedChannel) }
         context.fireChannelInactive()
     }
 }

@@ -15,11 +15,19 @@ final class TicketKeys: Sendable {
 
     let lifetime: Duration
     private let keys: Mutex<(current: Key, previous: Key?)>
+    /// AES-256-CBC fetched from the provider once: `EVP_aes_256_cbc()` would fetch it again on every ticket.
+    /// Immutable and owned here (freed in deinit); OpenSSL only reads it.
+    nonisolated(unsafe) let cipher: OpaquePointer
 
     init?(lifetime: Duration) {
-        guard let first = Self.random() else { return nil }
+        guard let first = Self.random(), let cipher = EVP_CIPHER_fetch(nil, "AES-256-CBC", nil) else { return nil }
         self.lifetime = lifetime
         self.keys = Mutex((first, nil))
+        self.cipher = cipher
+    }
+
+    deinit {
+        EVP_CIPHER_free(self.cipher)
     }
 
     private static func random() -> Key? {
@@ -73,7 +81,7 @@ let ticketKeyCallback:
             let key = keys.forIssuing()
             guard RAND_bytes(iv, 16) == 1 else { return -1 }
             for index in 0..<16 { keyName[index] = key.name[index] }
-            guard EVP_EncryptInit_ex(cipherContext, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1,
+            guard EVP_EncryptInit_ex(cipherContext, keys.cipher, nil, key.cipherKey, iv) == 1,
                 setMACKey(key.macKey, on: macContext)
             else { return -1 }
             return 1
@@ -83,7 +91,7 @@ let ticketKeyCallback:
             return 0
         }
         guard setMACKey(key.macKey, on: macContext),
-            EVP_DecryptInit_ex(cipherContext, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1
+            EVP_DecryptInit_ex(cipherContext, keys.cipher, nil, key.cipherKey, iv) == 1
         else { return -1 }
         return current ? 1 : 2
     }

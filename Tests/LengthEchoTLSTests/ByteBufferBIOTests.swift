@@ -54,6 +54,30 @@ struct ByteBufferBIOTests {
         #expect(io.inbound.capacity == 0, "the socket's read buffer is not held past the read")
     }
 
+    @Test("a record cut at the end of a read is carried in a copy: the read buffer is let go, the bytes stay first")
+    func carriesTheCutRecord() throws {
+        let io = ByteBufferBIO()
+        try self.withBIO(io) { bio in
+            var out = [UInt8](repeating: 0, count: 16)
+            io.feed(ByteBuffer(string: "abcdef"))
+            #expect(BIO_read(bio, &out, 4) == 4)
+            io.shrink()  // the end of the read
+            #expect(io.inbound.capacity == 0, "the socket's read buffer is not held past the read")
+            #expect(BIO_ctrl_pending(bio) == 2)
+            let next = ByteBuffer(string: "ghi")
+            io.feed(next)
+            let adopted = io.inbound.withUnsafeReadableBytes { a in
+                next.withUnsafeReadableBytes { b in a.baseAddress == b.baseAddress }
+            }
+            #expect(adopted, "the next read is adopted, not appended to what was carried")
+            #expect(BIO_ctrl_pending(bio) == 5)
+            #expect(BIO_read(bio, &out, 16) == 5)
+            #expect(Array(out.prefix(5)) == Array("efghi".utf8))
+            io.shrink()
+            #expect(BIO_ctrl_pending(bio) == 0)
+        }
+    }
+
     @Test("writes land in the outbound buffer, which is taken whole")
     func writes() throws {
         let io = ByteBufferBIO()

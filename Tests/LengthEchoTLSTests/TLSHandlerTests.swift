@@ -66,6 +66,22 @@ struct TLSHandlerTests {
         }
     }
 
+    /// Above the server's TLS handler: answers every read with "ok\0", flushed at the end of the read burst,
+    /// as the server's protocol handler does.
+    final class Replier: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias InboundOut = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            context.write(self.wrapOutboundOut(ByteBuffer(string: "ok\0")), promise: nil)
+            context.fireChannelRead(data)
+        }
+        func channelReadComplete(context: ChannelHandlerContext) {
+            context.flush()
+            context.fireChannelReadComplete()
+        }
+    }
+
     struct Pair {
         let client: EmbeddedChannel
         let server: EmbeddedChannel
@@ -79,7 +95,8 @@ struct TLSHandlerTests {
             handshakeTimeout: TimeAmount = .seconds(10),
             shutdownTimeout: TimeAmount = .seconds(3),
             clientHandshake: EventLoopPromise<TLSConnectionInfo>? = nil,
-            loop: EmbeddedEventLoop? = nil
+            loop: EmbeddedEventLoop? = nil,
+            serverReplies: Bool = false
         ) throws {
             self.client = EmbeddedChannel(loop: loop ?? EmbeddedEventLoop())
             self.server = EmbeddedChannel(loop: loop ?? EmbeddedEventLoop())
@@ -91,8 +108,9 @@ struct TLSHandlerTests {
                     shutdownTimeout: shutdownTimeout,
                     plaintextRefusal: ByteBuffer(string: "error: TLS only\0")
                 ),
-                self.serverRecorder,
             ])
+            if serverReplies { try self.server.pipeline.syncOperations.addHandler(Replier()) }
+            try self.server.pipeline.syncOperations.addHandler(self.serverRecorder)
             try self.client.pipeline.syncOperations.addHandlers([
                 self.clientHalfClose,
                 TLSHandler(
@@ -150,6 +168,52 @@ struct TLSHandlerTests {
                 moved += movedNow
             }
         }
+    }
+
+    /// Everything `channel` has written so far, in one buffer.
+    private func joined(_ channel: EmbeddedChannel) throws -> ByteBuffer {
+        var all = ByteBuffer()
+        while var bytes = try channel.readOutbound(as: ByteBuffer.self) { all.writeBuffer(&bytes) }
+        return all
+    }
+
+    @Test(
+        "a TLS record cut anywhere across reads is read whole and in order",
+        arguments: [1, 5, 6, 1000, 16_389, 40_000])
+    func recordsCutAcrossReads(chunk: Int) async throws {
+        let pair = try Pair(try await TestCertificates.main.value)
+        defer { pair.finish() }
+        try pair.shuttle()
+        // 100 KiB in one write: seven records, the reads cutting them (and their 5-byte headers) anywhere.
+        let message = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 % 251 + 1) } + [0]
+        pair.client.writeAndFlush(ByteBuffer(bytes: message), promise: nil)
+        var ciphertext = try self.joined(pair.client)
+        var reads = 0
+        while let piece = ciphertext.readSlice(length: min(chunk, ciphertext.readableBytes)), piece.readableBytes > 0 {
+            try pair.server.writeInbound(piece)
+            reads += 1
+        }
+        #expect(reads == (100_001 + 7 * 22 + chunk - 1) / chunk)
+        #expect(pair.serverRecorder.received == message)
+    }
+
+    @Test("the server's ticket leaves in one write with the replies to what came with the client's Finished")
+    func ticketWithReplies() async throws {
+        let pair = try Pair(try await TestCertificates.main.value, serverReplies: true)
+        defer { pair.finish() }
+        pair.client.writeAndFlush(ByteBuffer(string: "early\0"), promise: nil)  // waits for the handshake
+        try pair.server.writeInbound(try self.joined(pair.client))  // ClientHello
+        let flight = try pair.drain(pair.server)
+        #expect(flight.writes == 1, "ServerHello to Finished in one write")
+        try pair.client.writeInbound(ByteBuffer(bytes: flight.bytes))
+        // The client's Finished and its message arrive in one read: the ticket and the reply leave in one write.
+        try pair.server.writeInbound(try self.joined(pair.client))
+        #expect(pair.serverRecorder.handshakes.count == 1)
+        #expect(pair.serverRecorder.received == bytes("early\0"))
+        let answer = try pair.drain(pair.server)
+        #expect(answer.writes == 1)
+        try pair.client.writeInbound(ByteBuffer(bytes: answer.bytes))
+        #expect(pair.clientRecorder.received == bytes("ok\0"))
     }
 
     @Test("handshake, writes queued before it, data both ways, close_notify as a half-close")

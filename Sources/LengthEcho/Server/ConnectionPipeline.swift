@@ -10,6 +10,10 @@ import NIOCore
 /// `ConnectionPeer`), so whoever learns who the client really is (a PROXY header) tells all the others, and
 /// whoever ends the connection says why in its one log line.
 enum ConnectionPipeline {
+    /// Socket reads grow up to 128 KiB (NIO's default stops at 64 KiB), so a 64 KiB message with its TLS
+    /// records' overhead arrives in one read rather than two; they shrink again when reads get small.
+    static let readSizes = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 128 * 1024)
+
     /// Runs on the child channel's event loop, synchronously, as the connection is accepted.
     static func configure(
         _ channel: any Channel,
@@ -21,6 +25,7 @@ enum ConnectionPipeline {
     ) throws {
         // A client's half-close is its last message, not the end of the conversation.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+        try channel.syncOptions?.setOption(.recvAllocator, value: Self.readSizes)
         let record = ConnectionRecord(peer: ConnectionPeer(address: channel.remoteAddress))
         let logger = configuration.logger
         let sink = configuration.connectionLog
