@@ -31,6 +31,11 @@ extension ServerCommand {
         }
         defer { QueuedLogHandler.writer.flush() }
         let console = Console(format: format)
+        if let limit = OpenFileLimit.raiseToHard(),
+            let warning = OpenFileLimit.warning(maximumConnections: self.maxConnections, limit: limit)
+        {
+            console.say(.warning, warning)
+        }
         var configuration = ServerConfiguration()
         if !self.host.isEmpty { configuration.hosts = self.host }
         configuration.port = self.port

@@ -303,6 +303,30 @@ struct CommandLineTests {
         _ = socket
     }
 
+    @Test("the soft open-file limit is raised to the hard one at start; a cap above it is warned of")
+    func openFileLimit() async throws {
+        for (cap, warned) in [("10000", true), ("1000", false)] {
+            // A shell's usual 1,024 under a hard limit of 4,096.
+            let server = try Executable(
+                "/bin/sh",
+                [
+                    "-c", "ulimit -Sn 1024 && ulimit -Hn 4096 && exec \"$0\" \"$@\"",
+                    Executable.productsDirectory + "/server", "--host", "127.0.0.1", "--port", "0",
+                    "--max-connections", cap,
+                ])
+            defer { server.terminate() }
+            await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
+            #expect(
+                server.stderr.contains(
+                    "--max-connections 10000 is more than the open-file limit allows (4096, the hard limit): about 4032"
+                ) == warned, "\(server.stderr)")
+            let limits = try String(contentsOfFile: "/proc/\(server.pid)/limits", encoding: .utf8)
+            let line = try #require(limits.split(separator: "\n").first { $0.hasPrefix("Max open files") })
+            let values = line.split(separator: " ").dropFirst(3).prefix(2).map(String.init)
+            #expect(values == ["4096", "4096"], "soft and hard: \(line)")
+        }
+    }
+
     @Test("shell completion scripts come from the argument parser")
     func completion() throws {
         for shell in ["bash", "zsh", "fish"] {
