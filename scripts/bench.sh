@@ -2,7 +2,7 @@
 # The benchmark suite: length-echo against what a user would otherwise deploy, side by side in one run.
 #
 # usage: scripts/bench.sh [--quick] [--write]
-#   --quick   shorter cells (2 s) and 2,000 idle connections instead of 10,000
+#   --quick   shorter cells (2 s), 2,000 idle connections instead of 10,000 and 4,000 held instead of 19,000
 #   --write   also write the results to BENCHMARKS.md
 #
 # Release builds; one server at a time on this machine; each cell is a warm-up run and then a measured run of
@@ -16,12 +16,13 @@ DURATION=5
 WARMUP=1
 CONNECTIONS=50
 HOLD=10000
+SCALE=19000  # open connections in the scale cell: this machine's file limit is 20,000
 WRITE=0
 for arg in "$@"; do
     case "$arg" in
-        --quick) DURATION=2; WARMUP=0.5; HOLD=2000 ;;
+        --quick) DURATION=2; WARMUP=0.5; HOLD=2000; SCALE=4000 ;;
         --write) WRITE=1 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done
@@ -33,6 +34,8 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v nginx >/dev/null || missing+=(nginx libnginx-mod-stream)
 command -v stunnel >/dev/null || missing+=(stunnel4)
 command -v haproxy >/dev/null || missing+=(haproxy)
+TCMALLOC="$(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 / {print $NF; exit}')"
+[ -n "$TCMALLOC" ] || missing+=(libtcmalloc-minimal4)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         echo "bench.sh: installing ${missing[*]}" >&2
@@ -45,6 +48,16 @@ fi
 echo "bench.sh: building release" >&2
 swift build -c release >/dev/null
 BIN="$(swift build -c release --show-bin-path)"
+TCMALLOC="$(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 / {print $NF; exit}')"
+# The swift-nio-ssl peer: its own package (never a dependency of length-echo), built into its own folder.
+echo "bench.sh: building the swift-nio-ssl peer (scripts/bench/nio-ssl-peer)" >&2
+PEER_ARGS=(-c release --package-path scripts/bench/nio-ssl-peer --scratch-path "$ROOT/.build-nio-ssl-peer")
+PEER=""
+if swift build "${PEER_ARGS[@]}" >/dev/null 2>&1; then
+    PEER="$(swift build "${PEER_ARGS[@]}" --show-bin-path)/nio-ssl-peer"
+else
+    echo "bench.sh: the swift-nio-ssl peer did not build; its cells are skipped" >&2
+fi
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -65,6 +78,7 @@ HZ="$(getconf CLK_TCK)"
 
 # Ports of this run (loopback only).
 OURS=14100; C_SERVER=14101; NGINX=14102; STUNNEL=14103; S_SERVER=14104; OURS_TLS=14105; HAPROXY=14106
+PEER_PORT=14107; SCALE_PORT=14108
 BACKENDS=14110  # and the next two: the backends behind HAProxy
 
 cpu_ticks() {  # total utime+stime of the given PIDs, in clock ticks
@@ -225,9 +239,49 @@ measure "TLS 1.2 resumed handshake per request" "length-echo" "$OURS_TLS_PID" ""
 OURS_RESUMED12_CPU=$LAST_CPU
 CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
 OURS_TLS_PERSISTENT=$LAST_RPS
+OURS_TLS_PERSISTENT_CPU=$LAST_CPU
 CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
 OURS_64K_RPS=$LAST_RPS
+OURS_64K_CPU=$LAST_CPU
 stop "$OURS_TLS_PID"  # one server at a time: the TLS fronts below have only the plaintext backend behind them
+
+if [ -n "$TCMALLOC" ]; then
+    # Optional: Debian's tcmalloc under the whole process (LD_PRELOAD; see the README), handshakes only.
+    echo "bench.sh: length-echo with tcmalloc (LD_PRELOAD)" >&2
+    start ours-tls-tcmalloc env LD_PRELOAD="$TCMALLOC" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
+    TC_PID=$LAST_PID
+    wait_port "$OURS_TLS"
+    CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "length-echo + tcmalloc (optional)" "$TC_PID" "LD_PRELOAD=$TCMALLOC" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    TC_FULL_CPU=$LAST_CPU
+    CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "length-echo + tcmalloc (optional)" "$TC_PID" "LD_PRELOAD=$TCMALLOC" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+    stop "$TC_PID"
+fi
+
+if [ -n "$PEER" ]; then
+    # The same protocol on SwiftNIO with swift-nio-ssl (BoringSSL): the best Swift TLS stack, same event loops.
+    echo "bench.sh: the swift-nio-ssl peer" >&2
+    PEER_NAME="swift-nio-ssl peer (BoringSSL)"
+    start peer-plain "$PEER" "$PEER_PORT"
+    PEER_PID=$LAST_PID
+    wait_port "$PEER_PORT"
+    measure "plaintext, persistent, 11 B" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" -c "$CONNECTIONS" --mode persistent
+    PEER_PLAIN_PERSISTENT=$LAST_RPS
+    PEER_PLAIN_CPU=$LAST_CPU
+    stop "$PEER_PID"
+    start peer-tls "$PEER" "$PEER_PORT" "$CERT" "$KEY"
+    PEER_PID=$LAST_PID
+    wait_port "$PEER_PORT"
+    CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    PEER_FULL_CPU=$LAST_CPU
+    CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+    CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+    PEER_TLS_PERSISTENT=$LAST_RPS
+    PEER_TLS_PERSISTENT_CPU=$LAST_CPU
+    CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+    PEER_64K_RPS=$LAST_RPS
+    PEER_64K_CPU=$LAST_CPU
+    stop "$PEER_PID"
+fi
 
 # Our plaintext server again, now as the backend behind the TLS fronts.
 start ours-backend "$BIN/server" --quiet --log-level error --host 127.0.0.1 --port "$OURS" --max-connections 100000
@@ -326,25 +380,34 @@ s_time_cell "length-echo" "$OURS_TLS_PID" "$OURS_TLS" "-reuse"
 
 echo "bench.sh: memory with $HOLD idle connections" >&2
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hold_start() {  # hold_start PORT N BENCH-ARGS...: N idle connections, held by a bench process until hold_stop
+    local port="$1" count="$2"
+    shift 2
+    mkfifo "$WORK/hold.in"
+    "$BIN/bench" --port "$port" --hold "$count" "$@" <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
+    HOLDER=$!
+    exec 7>"$WORK/hold.in"
+    while ! grep -q holding "$WORK/hold.out" 2>/dev/null; do
+        if ! kill -0 "$HOLDER" 2>/dev/null; then echo "bench.sh: --hold failed: $(cat "$WORK/hold.out")" >&2; break; fi
+        sleep 0.1
+    done
+}
+hold_stop() {
+    exec 7>&-
+    wait "$HOLDER" 2>/dev/null || true
+    rm -f "$WORK/hold.in"
+}
+per_connection_kib() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (a - b) / n }'; }
 hold_cell() {  # hold_cell LABEL PID PORT BENCH-ARGS...
     local label="$1" pid="$2" port="$3" before after
     shift 3
     before="$(rss_kb "$pid")"
-    mkfifo "$WORK/hold.in"
-    "$BIN/bench" --port "$port" --hold "$HOLD" "$@" <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
-    local holder=$!
-    exec 7>"$WORK/hold.in"
-    while ! grep -q holding "$WORK/hold.out" 2>/dev/null; do
-        if ! kill -0 "$holder" 2>/dev/null; then echo "bench.sh: --hold failed: $(cat "$WORK/hold.out")" >&2; break; fi
-        sleep 0.1
-    done
+    hold_start "$port" "$HOLD" "$@"
     after="$(rss_kb "$pid")"
-    exec 7>&-
-    wait "$holder" 2>/dev/null || true
-    rm -f "$WORK/hold.in"
+    hold_stop
+    MEM_LAST="$(per_connection_kib "$after" "$before" "$HOLD")"
     add_row "memory, $HOLD idle connections" "$label" "n/a" "n/a" "n/a" "0" \
-        "RSS +$(( (after - before) / 1024 )) MiB: $(awk -v a="$after" -v b="$before" -v n="$HOLD" 'BEGIN { printf "%.1f", (a - b) * 1024 / n / 1024 }') KiB per connection"
-    MEM_LAST="$(awk -v a="$after" -v b="$before" -v n="$HOLD" 'BEGIN { printf "%.1f", (a - b) * 1024 / n / 1024 }')"
+        "RSS +$(( (after - before) / 1024 )) MiB: $MEM_LAST KiB per connection"
 }
 stop "$OURS_PID" "$OURS_TLS_PID"
 start ours-mem "$BIN/server" --quiet --log-level error --host 127.0.0.1 --port "$OURS" --max-connections 100000 --idle-timeout 600
@@ -358,6 +421,29 @@ hold_cell "length-echo, TLS" "$LAST_PID" "$OURS_TLS" --tls --ca "$CA" --server-n
 MEM_TLS=$MEM_LAST
 stop "$LAST_PID"
 
+echo "bench.sh: $SCALE open TLS connections while c=$CONNECTIONS clients measure latency" >&2
+latency_cell() {  # latency_cell LABEL NOTE: the active clients, once, against the scale server
+    local result errors
+    result="$("$BIN/bench" --port "$SCALE_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --duration "$DURATION" --warmup "$WARMUP" --json)"
+    LAT_P99="$(json_field "$result" p99)"
+    errors="$(grep -o '"errors":{[^}]*}' <<<"$result" | sed 's/"errors"://; s/[{}"]//g')"
+    add_row "$1" "length-echo" "$(printf '%.0f' "$(json_field "$result" requests_per_second)")" "n/a" \
+        "$(json_field "$result" p50)" "${errors:-0}" "p99 $LAT_P99 µs, p99.9 $(json_field "$result" p99.9) µs${2:+; $2}"
+}
+start ours-scale "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$SCALE_PORT" --max-connections $((SCALE + 500)) --idle-timeout 600
+SCALE_PID=$LAST_PID
+wait_port "$SCALE_PORT"
+latency_cell "TLS 1.3 persistent, 11 B, nothing else open" ""
+UNLOADED_P99=$LAT_P99
+before="$(rss_kb "$SCALE_PID")"
+hold_start "$SCALE_PORT" "$SCALE" "${TLSARGS[@]}" --source 127.0.0.2 --source 127.0.0.3 --source 127.0.0.4 --source 127.0.0.5
+after="$(rss_kb "$SCALE_PID")"
+MEM_SCALE="$(per_connection_kib "$after" "$before" "$SCALE")"
+latency_cell "TLS 1.3 persistent, 11 B, $SCALE idle TLS connections open" "held from 127.0.0.2-5: RSS +$(( (after - before) / 1024 )) MiB, $MEM_SCALE KiB per connection"
+LOADED_P99=$LAT_P99
+hold_stop
+stop "$SCALE_PID"
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 SUMMARY=(
     "- Plaintext, connection per request: length-echo / iterative C server = **$(ratio "$OURS_PER_REQ" "$C_PER_REQ")×** requests/s."
@@ -366,8 +452,17 @@ SUMMARY=(
     "- Resumption: full / resumed server CPU = **$(ratio "$OURS_FULL_CPU" "$OURS_RESUMED_CPU")×** on TLS 1.3, **$(ratio "$OURS_FULL12_CPU" "$OURS_RESUMED12_CPU")×** on TLS 1.2."
     "- Persistent 11 B: TLS / plaintext = **$(ratio "$OURS_TLS_PERSISTENT" "$OURS_PLAIN_PERSISTENT")×** requests/s."
     "- Persistent 64 KiB over TLS: $(awk -v r="$OURS_64K_RPS" 'BEGIN { printf "%.0f", r * 65536 * 2 / 1e6 }') MB/s of messages and replies vs the AES-128-GCM floor of $GCM_MBS MB/s (one core) = **$(ratio "$(awk -v r="$OURS_64K_RPS" 'BEGIN { print r * 65536 * 2 / 1e6 }')" "$GCM_MBS")×**."
-    "- Memory per idle connection: **$MEM_PLAIN KiB** plaintext, **$MEM_TLS KiB** TLS."
+    "- Memory per idle connection: **$MEM_PLAIN KiB** plaintext, **$MEM_TLS KiB** TLS ($HOLD held); **$MEM_SCALE KiB** per TLS connection with $SCALE held."
+    "- $SCALE idle TLS connections open: the active clients' p99 $LOADED_P99 µs against $UNLOADED_P99 µs with nothing else open = **$(ratio "$LOADED_P99" "$UNLOADED_P99")×**."
 )
+if [ -n "${TC_FULL_CPU:-}" ]; then
+    SUMMARY+=("- With tcmalloc (optional, LD_PRELOAD): TLS 1.3 full handshake $TC_FULL_CPU µs = **$(ratio "$TC_FULL_CPU" "$OURS_FULL_CPU")×** length-echo with glibc's malloc, **$(ratio "$TC_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own.")
+fi
+if [ -n "$PEER" ]; then
+    SUMMARY+=(
+        "- Against the swift-nio-ssl peer (SwiftNIO + BoringSSL), requests/s ours/peer and server CPU per request peer/ours (above 1 is ours ahead): plaintext persistent 11 B **$(ratio "$OURS_PLAIN_PERSISTENT" "$PEER_PLAIN_PERSISTENT")×** and **$(ratio "$PEER_PLAIN_CPU" "$OURS_PERSISTENT_CPU")×**; TLS persistent 11 B **$(ratio "$OURS_TLS_PERSISTENT" "$PEER_TLS_PERSISTENT")×** and **$(ratio "$PEER_TLS_PERSISTENT_CPU" "$OURS_TLS_PERSISTENT_CPU")×**; TLS 64 KiB MB/s **$(ratio "$OURS_64K_RPS" "$PEER_64K_RPS")×** and **$(ratio "$PEER_64K_CPU" "$OURS_64K_CPU")×**; TLS 1.3 full handshake CPU **$(ratio "$PEER_FULL_CPU" "$OURS_FULL_CPU")×** (BoringSSL's handshake is cheaper than OpenSSL 3.0's)."
+    )
+fi
 
 TABLE="| cell | server | requests/s | server CPU µs/request | p50 µs | errors | notes |
 |---|---|---:|---:|---:|---|---|
