@@ -32,11 +32,7 @@ struct QueuedLogHandler: LogHandler {
     }
 
     /// The keys a reader looks for first, in this order; any others follow, sorted.
-    static let keyOrder = [
-        "peer", "via", "tls_version", "cipher", "resumed", "alpn", "client_subject", "messages", "bytes_in",
-        "bytes_out",
-        "duration_s", "end", "detail",
-    ]
+    static let keyOrder = ConnectionSummary.fieldNames
     private static let rank = Dictionary(uniqueKeysWithValues: keyOrder.enumerated().map { ($1, $0) })
 
     // swift-log's `log` requirement, in the form of its current version.
@@ -188,27 +184,32 @@ struct ConnectionLines: Sendable {
         let line = LineBuilder(format: format)
         QueuedLogHandler.writer.line { out in
             line.start(&out, level: level, message: "connection ended")
-            line.field("peer", address: summary.peer, &out)
-            if let via = summary.via { line.field("via", address: via, &out) }
-            if let tls = summary.tls {
-                line.field("tls_version", string: tls.version, &out)
-                line.field("cipher", string: tls.cipher, &out)
-                line.field("resumed", literal: (tls.resumed ? "true" : "false").utf8, &out)
-                if let alpn = tls.alpn { line.field("alpn", string: alpn, &out) }
-                if let subject = tls.peerSubject { line.field("client_subject", string: subject, &out) }
-            }
-            line.field("messages", int: summary.messages, &out)
-            line.field("bytes_in", int: summary.bytesIn, &out)
-            line.field("bytes_out", int: summary.bytesOut, &out)
-            let milliseconds = max(summary.duration.nanoseconds, 0) / 1_000_000
-            var duration: [UInt8] = []
-            Digits.append(Int(milliseconds / 1000), to: &duration)
-            duration.append(UInt8(ascii: "."))
-            Digits.append(Int(milliseconds % 1000), width: 3, to: &duration)
-            line.field("duration_s", literal: duration, &out)
-            line.field("end", string: summary.end.rawValue, &out)
-            if let detail = summary.detail { line.field("detail", string: detail, &out) }
+            summary.forEachField { name, value in Self.append(name, value, line: line, to: &out) }
             line.finish(&out)
+        }
+    }
+}
+
+extension ConnectionLines {
+    /// One field of a connection line. (A function of its own: a switch inside the closures above made the
+    /// type checker take minutes.)
+    static func append(_ name: String, _ value: ConnectionSummary.Field, line: LineBuilder, to out: inout [UInt8]) {
+        switch value {
+        case .address(let address):
+            line.field(name, address: address, &out)
+        case .text(let text):
+            line.field(name, string: text, &out)
+        case .flag(let flag):
+            line.field(name, literal: (flag ? "true" : "false").utf8, &out)
+        case .count(let count):
+            line.field(name, int: count, &out)
+        case .seconds(let amount):
+            let milliseconds = max(amount.nanoseconds, 0) / 1_000_000
+            var seconds: [UInt8] = []
+            Digits.append(Int(milliseconds / 1000), to: &seconds)
+            seconds.append(UInt8(ascii: "."))
+            Digits.append(Int(milliseconds % 1000), width: 3, to: &seconds)
+            line.field(name, literal: seconds, &out)
         }
     }
 }

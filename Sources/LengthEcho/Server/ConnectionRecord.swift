@@ -69,23 +69,10 @@ public final class ConnectionRecord {
         self.detail = detail
     }
 
-    /// The connection line's metadata, in the order a reader wants it (the keys are the JSON keys).
+    /// The connection line's metadata (the keys are the JSON keys).
     public func metadata(now: NIODeadline = .now()) -> Logger.Metadata {
-        var metadata: Logger.Metadata = ["peer": .string(self.peer.description)]
-        if let via = self.peer.via { metadata["via"] = .string(ConnectionPeer.format(via)) }
-        if let tls = self.tls {
-            metadata["tls_version"] = .string(tls.version)
-            metadata["cipher"] = .string(tls.cipher)
-            metadata["resumed"] = .stringConvertible(tls.resumed)
-            if let alpn = tls.alpn { metadata["alpn"] = .string(alpn) }
-            if let subject = tls.peerSubject { metadata["client_subject"] = .string(subject) }
-        }
-        metadata["messages"] = .stringConvertible(self.messages)
-        metadata["bytes_in"] = .stringConvertible(self.bytesIn)
-        metadata["bytes_out"] = .stringConvertible(self.bytesOut)
-        metadata["duration_s"] = .stringConvertible(Seconds(nanoseconds: (now - self.started).nanoseconds))
-        metadata["end"] = .string((self.end ?? .error).rawValue)
-        if let detail = self.detail { metadata["detail"] = .string(detail) }
+        var metadata: Logger.Metadata = [:]
+        self.summary(now: now).forEachField { name, value in metadata[name] = value.metadataValue }
         return metadata
     }
 
@@ -134,6 +121,53 @@ public struct ConnectionSummary: Sendable {
     public var end: ConnectionEnd
     public var detail: String?
     public var isHealthCheck: Bool
+
+    /// One field of the line, as a value.
+    public enum Field {
+        case address(SocketAddress?)
+        case text(String)
+        case flag(Bool)
+        case count(Int)
+        /// A duration, written as seconds with millisecond precision (`0.004`).
+        case seconds(TimeAmount)
+
+        /// The field as swift-log metadata.
+        public var metadataValue: Logger.Metadata.Value {
+            switch self {
+            case .address(let address): .string(ConnectionPeer.format(address))
+            case .text(let text): .string(text)
+            case .flag(let flag): .stringConvertible(flag)
+            case .count(let count): .stringConvertible(count)
+            case .seconds(let amount): .stringConvertible(Seconds(nanoseconds: amount.nanoseconds))
+            }
+        }
+    }
+
+    /// Every field name the line can have, in the order `forEachField` gives them (the JSON keys).
+    public static let fieldNames = [
+        "peer", "via", "tls_version", "cipher", "resumed", "alpn", "client_subject", "messages", "bytes_in",
+        "bytes_out", "duration_s", "end", "detail",
+    ]
+
+    /// Calls `visit` with each field the line has, in the order a reader wants them: the one list of the
+    /// connection line's fields, for every way of writing it.
+    public func forEachField(_ visit: (_ name: String, _ value: Field) -> Void) {
+        visit("peer", .address(self.peer))
+        if let via = self.via { visit("via", .address(via)) }
+        if let tls = self.tls {
+            visit("tls_version", .text(tls.version))
+            visit("cipher", .text(tls.cipher))
+            visit("resumed", .flag(tls.resumed))
+            if let alpn = tls.alpn { visit("alpn", .text(alpn)) }
+            if let subject = tls.peerSubject { visit("client_subject", .text(subject)) }
+        }
+        visit("messages", .count(self.messages))
+        visit("bytes_in", .count(self.bytesIn))
+        visit("bytes_out", .count(self.bytesOut))
+        visit("duration_s", .seconds(self.duration))
+        visit("end", .text(self.end.rawValue))
+        if let detail = self.detail { visit("detail", .text(detail)) }
+    }
 }
 
 /// A duration printed as seconds with millisecond precision (`0.004`), a number in JSON.
