@@ -22,15 +22,30 @@ func spkiSHA256(_ certificate: String, colons: Bool = false) throws -> String {
 struct TLSPolicyTests {
     /// `openssl s_client` with `flags`, sending one message and closing; everything it printed.
     private func sClient(port: Int, ca: String, _ flags: String) async throws -> String {
-        try await blocking {
-            try run(
-                "/bin/sh",
-                [
-                    "-c",
-                    "printf 'alpn\\0' | timeout 10 openssl s_client -connect 127.0.0.1:\(port) -CAfile \(ca) "
-                        + "-servername localhost \(flags) 2>&1",
-                ]
-            ).output
+        try await LengthEchoTests.sClient(
+            port: port, ca: ca, sending: "alpn\\0", "-servername localhost \(flags)", errors: true
+        ).output
+    }
+
+    /// For each case, the server executable with `base` and the case's flags, and one message from a client with
+    /// `certificates`' client certificate: answered when the case says allowed, else refused; `refused` then
+    /// looks at the server.
+    private func expectClients(
+        _ certificates: TestCertificates, base: [String], _ cases: [([String], Bool)],
+        refused: (Executable) async throws -> Void = { _ in }
+    ) async throws {
+        var configuration = ClientConfiguration(port: 0)
+        configuration.tls = try certificates.clientContext(withCertificate: true)
+        configuration.serverName = "localhost"
+        for (flags, allowed) in cases {
+            let (server, port) = try await startServerExecutable(base + flags)
+            defer { server.terminate() }
+            configuration.port = port
+            let client = LengthEchoClient(configuration: configuration)
+            let reply = try? await client.send(bytes("me"))
+            await client.close()
+            #expect((reply?.text == "2 : me") == allowed, "\(flags)")
+            if !allowed { try await refused(server) }
         }
     }
 
@@ -151,29 +166,20 @@ struct TLSPolicyTests {
             "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--client-ca",
             certificates.ca, "--client-auth", "required", "--quiet", "--log-format", "json",
         ]
-        var configuration = ClientConfiguration(port: 0)
-        configuration.tls = try certificates.clientContext(withCertificate: true)
-        configuration.serverName = "localhost"
-        for (flags, allowed) in [
-            (["--allow-cn", "length-echo client"], true), (["--allow-spki-sha256", spki.uppercased()], true),
-            (["--allow-cn", "someone else", "--allow-dns", "length-echo client"], false),
-        ] {
-            let (server, port) = try await startServerExecutable(base + flags)
-            defer { server.terminate() }
-            configuration.port = port
-            let client = LengthEchoClient(configuration: configuration)
-            let reply = try? await client.send(bytes("me"))
-            await client.close()
-            #expect((reply?.text == "2 : me") == allowed, "\(flags)")
-            if !allowed {
-                let line = try #require(await waitForConnectionLines(server, count: 1).first)
-                #expect(line["end"] as? String == "handshake-failed")
-                #expect(
-                    (line["detail"] as? String)?.contains(
-                        "the client's certificate is not one this server allows: CN=length-echo client, SPKI sha256 \(spki)"
-                    )
-                        == true, "\(line)")
-            }
+        try await self.expectClients(
+            certificates, base: base,
+            [
+                (["--allow-cn", "length-echo client"], true), (["--allow-spki-sha256", spki.uppercased()], true),
+                (["--allow-cn", "someone else", "--allow-dns", "length-echo client"], false),
+            ]
+        ) { server in
+            let line = try #require(await waitForConnectionLines(server, count: 1).first)
+            #expect(line["end"] as? String == "handshake-failed")
+            #expect(
+                (line["detail"] as? String)?.contains(
+                    "the client's certificate is not one this server allows: CN=length-echo client, SPKI sha256 \(spki)"
+                )
+                    == true, "\(line)")
         }
     }
 
@@ -185,21 +191,12 @@ struct TLSPolicyTests {
             "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--client-ca",
             certificates.ca, "--client-auth", "required", "--quiet",
         ]
-        var configuration = ClientConfiguration(port: 0)
-        configuration.tls = try certificates.clientContext(withCertificate: true)
-        configuration.serverName = "localhost"
-        for (flags, allowed) in [
-            (["--allow-dns", "client.example"], true), (["--allow-uri", "spiffe://example.org/client"], true),
-            (["--allow-dns", "*.example"], false), (["--allow-uri", "spiffe://example.org/"], false),
-        ] {
-            let (server, port) = try await startServerExecutable(base + flags)
-            defer { server.terminate() }
-            configuration.port = port
-            let client = LengthEchoClient(configuration: configuration)
-            let reply = try? await client.send(bytes("me"))
-            await client.close()
-            #expect((reply?.text == "2 : me") == allowed, "\(flags)")
-        }
+        try await self.expectClients(
+            certificates, base: base,
+            [
+                (["--allow-dns", "client.example"], true), (["--allow-uri", "spiffe://example.org/client"], true),
+                (["--allow-dns", "*.example"], false), (["--allow-uri", "spiffe://example.org/"], false),
+            ])
     }
 
     @Test("--client-crl: a revoked client is refused with `revoked` on both sides; SIGHUP reads the CRL again")

@@ -52,3 +52,19 @@ func residentKiB(_ pid: pid_t) -> Int {
     let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
     return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
 }
+
+/// `openssl s_client` to 127.0.0.1:`port`, trusting `ca`, with `input` (a printf format: backslash-0 is a NUL) on its
+/// standard input and `flags`; its exit status and what it printed (its standard error too, with `errors`).
+func sClient(
+    port: Int, ca: String, sending input: String, _ flags: String, errors: Bool
+) async throws -> (status: Int32, output: String) {
+    try await blocking {
+        try run(
+            "/bin/sh",
+            [
+                "-c",
+                "printf '\(input)' | timeout 10 openssl s_client -connect 127.0.0.1:\(port) -CAfile \(ca) \(flags) "
+                    + (errors ? "2>&1" : "2>/dev/null"),
+            ])
+    }
+}
