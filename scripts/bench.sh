@@ -114,7 +114,7 @@ stop() {
 json_field() { grep -o "\"$2\":[-0-9.e+]*" <<<"$1" | head -1 | cut -d: -f2; }
 
 ROWS=()
-add_row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 |"); echo "  $1 | $2 | $3 req/s | $4 µs CPU/req | p50 $5 µs | errors $6 | $7" >&2; }
+add_row() { [ -z "${NO_ROW:-}" ] || return 0; ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 |"); echo "  $1 | $2 | $3 req/s | $4 µs CPU/req | p50 $5 µs | errors $6 | $7" >&2; }
 
 # measure CELL SERVER "PIDS" NOTE BENCH-ARGS...   (FRONT_PIDS, if set, are also reported on their own)
 measure() {
@@ -246,15 +246,30 @@ OURS_64K_CPU=$LAST_CPU
 stop "$OURS_TLS_PID"  # one server at a time: the TLS fronts below have only the plaintext backend behind them
 
 if [ -n "$TCMALLOC" ]; then
-    # Optional: Debian's tcmalloc under the whole process (LD_PRELOAD; see the README), handshakes only.
-    echo "bench.sh: length-echo with tcmalloc (LD_PRELOAD)" >&2
-    start ours-tls-tcmalloc env LD_PRELOAD="$TCMALLOC" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
-    TC_PID=$LAST_PID
-    wait_port "$OURS_TLS"
-    CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "length-echo + tcmalloc (optional)" "$TC_PID" "LD_PRELOAD=$TCMALLOC" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-    TC_FULL_CPU=$LAST_CPU
-    CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "length-echo + tcmalloc (optional)" "$TC_PID" "LD_PRELOAD=$TCMALLOC" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
-    stop "$TC_PID"
+    # Optional: Debian's tcmalloc under the whole process (LD_PRELOAD; see the README). Measured against glibc's
+    # malloc side by side, alternating (glibc, tcmalloc, tcmalloc, glibc), since cells minutes apart drift.
+    echo "bench.sh: length-echo with tcmalloc (LD_PRELOAD) and without, alternating" >&2
+    TC_SUM=0; GLIBC_SUM=0; TC_RPS_SUM=0
+    for allocator in glibc tcmalloc tcmalloc glibc; do
+        preload=()
+        [ "$allocator" = tcmalloc ] && preload=(env LD_PRELOAD="$TCMALLOC")
+        start "ours-tls-$allocator" "${preload[@]}" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
+        ALLOC_PID=$LAST_PID
+        wait_port "$OURS_TLS"
+        NO_ROW=1 measure "" "" "$ALLOC_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+        stop "$ALLOC_PID"
+        if [ "$allocator" = tcmalloc ]; then
+            TC_SUM="$(awk -v a="$TC_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
+            TC_RPS_SUM="$(awk -v a="$TC_RPS_SUM" -v b="$LAST_RPS" 'BEGIN { print a + b }')"
+        else
+            GLIBC_SUM="$(awk -v a="$GLIBC_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
+        fi
+    done
+    TC_FULL_CPU="$(awk -v t="$TC_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
+    GLIBC_FULL_CPU="$(awk -v t="$GLIBC_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
+    add_row "TLS 1.3 full handshake per request" "length-echo + tcmalloc (optional)" \
+        "$(awk -v t="$TC_RPS_SUM" 'BEGIN { printf "%.0f", t / 2 }')" "$TC_FULL_CPU" "n/a" "0" \
+        "LD_PRELOAD=$TCMALLOC; two runs each, alternating with glibc's malloc: $GLIBC_FULL_CPU µs with glibc's"
 fi
 
 if [ -n "$PEER" ]; then
@@ -456,7 +471,7 @@ SUMMARY=(
     "- $SCALE idle TLS connections open: the active clients' p99 $LOADED_P99 µs against $UNLOADED_P99 µs with nothing else open = **$(ratio "$LOADED_P99" "$UNLOADED_P99")×**."
 )
 if [ -n "${TC_FULL_CPU:-}" ]; then
-    SUMMARY+=("- With tcmalloc (optional, LD_PRELOAD): TLS 1.3 full handshake $TC_FULL_CPU µs = **$(ratio "$TC_FULL_CPU" "$OURS_FULL_CPU")×** length-echo with glibc's malloc, **$(ratio "$TC_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own.")
+    SUMMARY+=("- With tcmalloc (optional, LD_PRELOAD): TLS 1.3 full handshake $TC_FULL_CPU µs against $GLIBC_FULL_CPU µs with glibc's malloc, alternating = **$(ratio "$TC_FULL_CPU" "$GLIBC_FULL_CPU")×**; **$(ratio "$TC_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own.")
 fi
 if [ -n "$PEER" ]; then
     SUMMARY+=(
