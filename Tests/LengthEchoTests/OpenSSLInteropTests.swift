@@ -31,6 +31,32 @@ struct OpenSSLInteropTests {
         await server.shutdown()
     }
 
+    @Test(
+        "openssl s_client resumes its session with -sess_out, then -sess_in, over TLS 1.2 and 1.3",
+        arguments: ["-tls1_2", "-tls1_3"])
+    func sClientResumes(flag: String) async throws {
+        let certificates = try await TestCertificates.main.value
+        let context = try certificates.serverContext()
+        // The idle timeout ends each s_client (-ign_eof: it reads until the server closes, so a TLS 1.3 ticket,
+        // which comes after the handshake, reaches it).
+        let server = try await startServer {
+            $0.tls = context
+            $0.idleTimeout = .milliseconds(500)
+        }
+        let session = FileManager.default.temporaryDirectory.appendingPathComponent("le-session-\(UUID()).pem").path
+        defer { try? FileManager.default.removeItem(atPath: session) }
+        let flags = "\(flag) -servername localhost -ign_eof"
+        let first = try await LengthEchoTests.sClient(
+            port: server.port, ca: certificates.ca, sending: "first\\0", "\(flags) -sess_out \(session)", errors: true)
+        #expect(first.output.contains("New, TLSv1"), "\(first.output)")
+        #expect(first.output.contains("5 : first\u{0}"))
+        let second = try await LengthEchoTests.sClient(
+            port: server.port, ca: certificates.ca, sending: "again\\0", "\(flags) -sess_in \(session)", errors: true)
+        #expect(second.output.contains("Reused, TLSv1"), "\(second.output)")
+        #expect(second.output.contains("5 : again\u{0}"))
+        await server.shutdown()
+    }
+
     @Test("openssl s_client -tls1_1 is refused with a protocol version alert")
     func tls11Refused() async throws {
         let certificates = try await TestCertificates.main.value
