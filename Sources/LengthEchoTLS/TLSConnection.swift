@@ -368,8 +368,18 @@ final class TLSConnection {
 
     /// A failure after the handshake, in the same terms.
     func explainFailure(_ entries: [OpenSSLErrors.Entry]) -> TLSError {
-        let (text, cause) = self.explain(entries)
-        return TLSError(.protocolError, "TLS error: " + text, cause: cause)
+        let text = OpenSSLErrors.describe(entries, fallback: "the peer closed the connection")
+        if !self.isServer && self.hasCertificate && entries.contains(anyOf: SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE) {
+            // A TLS 1.3 server checks the client's certificate after the client has finished its handshake: a
+            // handshake_failure alert then is a certificate that verified but is not an identity it allows (other
+            // refusals have alerts of their own: unknown CA, revoked, expired).
+            return TLSError(
+                .protocolError,
+                "TLS error: the server refused our client certificate: not an identity it allows, most likely (\(text))",
+                cause: .ourCertificateRefused)
+        }
+        let (explained, cause) = self.explain(entries)
+        return TLSError(.protocolError, "TLS error: " + explained, cause: cause)
     }
 
     private func explain(_ entries: [OpenSSLErrors.Entry]) -> (String, TLSError.Cause?) {
@@ -377,6 +387,13 @@ final class TLSConnection {
         let isClient = !self.isServer
         if entries.contains(anyOf: SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED) {
             return ("the server requires a client certificate (\(text))", .clientCertificateRequired)
+        }
+        if isClient && self.hasCertificate && entries.contains(anyOf: SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE) {
+            // A TLS 1.2 server checks the client's certificate during the handshake.
+            return (
+                "the server refused the handshake: our client certificate may not be an identity it allows, or there is no cipher in common (\(text))",
+                .ourCertificateRefused
+            )
         }
         if isClient && !self.hasCertificate && entries.contains(anyOf: SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE) {
             // TLS 1.2 servers say only "handshake failure" when a required client certificate is missing.
