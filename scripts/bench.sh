@@ -336,6 +336,27 @@ NGINX
     CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
     CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "nginx stream (2 workers) → length-echo" "$NGINX_PIDS $OURS_PID" "CPU of nginx and the backend" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
     FRONT_PIDS=""
+    # The headline ratio side by side: length-echo's TLS server against nginx's front alone, alternating (ours,
+    # nginx, nginx, ours; the other one idle), since cells minutes apart drift more than the difference.
+    echo "bench.sh: full handshakes, length-echo and nginx's front alternating" >&2
+    start ours-tls-duel "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
+    DUEL_PID=$LAST_PID
+    wait_port "$OURS_TLS"
+    DUEL_OURS_SUM=0; DUEL_NGINX_SUM=0
+    for side in ours nginx nginx ours; do
+        if [ "$side" = ours ]; then
+            NO_ROW=1 measure "" "" "$DUEL_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+            DUEL_OURS_SUM="$(awk -v a="$DUEL_OURS_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
+        else
+            NO_ROW=1 measure "" "" "$NGINX_PIDS" "" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+            DUEL_NGINX_SUM="$(awk -v a="$DUEL_NGINX_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
+        fi
+    done
+    stop "$DUEL_PID"
+    DUEL_OURS_CPU="$(awk -v t="$DUEL_OURS_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
+    DUEL_NGINX_CPU="$(awk -v t="$DUEL_NGINX_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
+    add_row "TLS 1.3 full handshake per request, side by side" "length-echo, alternating with nginx's front" "n/a" \
+        "$DUEL_OURS_CPU" "n/a" "0" "two runs each, alternating: nginx's front alone $DUEL_NGINX_CPU µs"
     stop $NGINX_PIDS
 fi
 
@@ -463,6 +484,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 SUMMARY=(
     "- Plaintext, connection per request: length-echo / iterative C server = **$(ratio "$OURS_PER_REQ" "$C_PER_REQ")×** requests/s."
     "- TLS 1.3 full handshake, server CPU: length-echo $OURS_FULL_CPU µs vs nginx+backend ${NGINX_FULL_CPU:-n/a} µs (nginx alone ${NGINX_ONLY_FULL_CPU:-n/a} µs) per handshake: **$(ratio "$OURS_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own; crypto floor (1 ECDSA P-256 sign + 2 X25519) $FLOOR_US µs, so length-echo spends **$(ratio "$OURS_FULL_CPU" "$FLOOR_US")×** the floor."
+    "- The same, side by side (two runs each, alternating): length-echo ${DUEL_OURS_CPU:-n/a} µs vs nginx's front ${DUEL_NGINX_CPU:-n/a} µs = **$(ratio "${DUEL_OURS_CPU:-0}" "${DUEL_NGINX_CPU:-0}")×**."
     "- Behind HAProxy (PROXY v2, 3 backends), server-side CPU per request against length-echo alone: **$(ratio "${HAPROXY_PER_REQ_CPU:-0}" "$OURS_PER_REQ_CPU")×** connection per request (${HAPROXY_PER_REQ_CPU:-n/a} µs vs $OURS_PER_REQ_CPU µs), **$(ratio "${HAPROXY_PERSISTENT_CPU:-0}" "$OURS_PERSISTENT_CPU")×** persistent (${HAPROXY_PERSISTENT_CPU:-n/a} µs vs $OURS_PERSISTENT_CPU µs): the balancer's cost."
     "- Resumption: full / resumed server CPU = **$(ratio "$OURS_FULL_CPU" "$OURS_RESUMED_CPU")×** on TLS 1.3, **$(ratio "$OURS_FULL12_CPU" "$OURS_RESUMED12_CPU")×** on TLS 1.2."
     "- Persistent 11 B: TLS / plaintext = **$(ratio "$OURS_TLS_PERSISTENT" "$OURS_PLAIN_PERSISTENT")×** requests/s."
