@@ -106,6 +106,19 @@ struct AdmissionTests {
         #expect(mapped == key, "an IPv4-mapped IPv6 address is the IPv4 address")
     }
 
+    @Test("the handshake buckets stay bounded when many addresses come and go, none of them refused")
+    func bucketsBounded() throws {
+        let limits = AddressLimits(maximumOpen: nil, handshakesPerSecond: 5)
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        // 100,000 addresses, one handshake each, 1 ms apart: each bucket is full again 200 ms later.
+        for index in 0..<100_000 {
+            let address = "10.\(index >> 16 & 255).\(index >> 8 & 255).\(index & 255)"
+            let key = try #require(AddressKey(try SocketAddress(ipAddress: address, port: 1)))
+            #expect(limits.takeHandshake(key, now: start + .milliseconds(Int64(index))).allowed)
+        }
+        #expect(limits.count <= 16 * 4096, "\(limits.count) addresses remembered")
+    }
+
     @Test("a handshake flood from one address is cut before any TLS work; another address is served meanwhile")
     func handshakeFlood() async throws {
         let certificates = try await TestCertificates.main.value

@@ -15,8 +15,23 @@ final class AddressLimits: Sendable {
         var logged: NIODeadline?
     }
 
+    private struct Table {
+        var entries: [AddressKey: Entry] = [:]
+        /// The size at which addresses that hold nothing are next forgotten: doubled past what a sweep keeps,
+        /// so sweeping costs O(1) per connection however many addresses are active.
+        var sweepAt = 4096
+
+        /// Forgets addresses with nothing open whose bucket is full again (bounded memory under connections
+        /// from many addresses), once the table has grown to `sweepAt`.
+        mutating func sweepIfLarge(now: NIODeadline) {
+            guard self.entries.count >= self.sweepAt else { return }
+            self.entries = self.entries.filter { $0.value.open > 0 || now - $0.value.refilled < .seconds(2) }
+            self.sweepAt = max(4096, 2 * self.entries.count)
+        }
+    }
+
     private final class Shard: Sendable {
-        let table = Mutex<[AddressKey: Entry]>([:])
+        let table = Mutex(Table())
     }
 
     private static let shards = 16
@@ -30,6 +45,9 @@ final class AddressLimits: Sendable {
         self.shards = (0..<Self.shards).map { _ in Shard() }
     }
 
+    /// How many addresses are remembered (tests).
+    var count: Int { self.shards.reduce(0) { $0 + $1.table.withLock { $0.entries.count } } }
+
     private func shard(_ key: AddressKey) -> Shard {
         self.shards[Int(UInt(bitPattern: key.hashValue) % UInt(Self.shards))]
     }
@@ -40,11 +58,13 @@ final class AddressLimits: Sendable {
     func admit(_ key: AddressKey) -> Bool {
         guard let maximum = self.maximumOpen else { return true }
         let bucket = self.bucket
+        let now = NIODeadline.now()
         return self.shard(key).table.withLock { table in
-            var entry = table[key] ?? Entry(tokens: bucket, refilled: .now())
+            table.sweepIfLarge(now: now)
+            var entry = table.entries[key] ?? Entry(tokens: bucket, refilled: now)
             guard entry.open < maximum else { return false }
             entry.open += 1
-            table[key] = entry
+            table.entries[key] = entry
             return true
         }
     }
@@ -53,12 +73,12 @@ final class AddressLimits: Sendable {
     func release(_ key: AddressKey) {
         guard self.maximumOpen != nil else { return }
         self.shard(key).table.withLock { table in
-            guard var entry = table[key] else { return }
+            guard var entry = table.entries[key] else { return }
             entry.open -= 1
             if entry.open <= 0 && entry.tokens >= self.bucket {
-                table[key] = nil  // nothing left to remember
+                table.entries[key] = nil  // nothing left to remember
             } else {
-                table[key] = entry
+                table.entries[key] = entry
             }
         }
     }
@@ -68,22 +88,18 @@ final class AddressLimits: Sendable {
         guard let rate = self.handshakesPerSecond else { return (true, false) }
         let bucket = Double(rate)
         return self.shard(key).table.withLock { table in
-            var entry = table[key] ?? Entry(tokens: bucket, refilled: now)
+            table.sweepIfLarge(now: now)
+            var entry = table.entries[key] ?? Entry(tokens: bucket, refilled: now)
             let elapsed = Double((now - entry.refilled).nanoseconds) / 1e9
             entry.tokens = min(bucket, entry.tokens + elapsed * bucket)
             entry.refilled = now
-            defer { table[key] = entry }
+            defer { table.entries[key] = entry }
             if entry.tokens >= 1 {
                 entry.tokens -= 1
                 return (true, false)
             }
             let log = entry.logged.map { now - $0 >= .seconds(1) } ?? true
             if log { entry.logged = now }
-            // Forget addresses whose bucket is full again and that hold nothing open (bounded memory under a
-            // flood from many addresses): swept here, now and then.
-            if table.count > 4096 {
-                table = table.filter { $0.value.open > 0 || now - $0.value.refilled < .seconds(2) }
-            }
             return (false, log)
         }
     }
