@@ -134,24 +134,26 @@ extension String {
 /// verified, the leaf must match the policy; otherwise the handshake fails with an alert, and the connection
 /// remembers what was refused for its error.
 func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> Int32 {
+    guard let store, let connection = connection(verifying: store) else { return preverified }
     // A CRL past its next update, accepted when the server was told to (it warned at start).
-    if preverified == 0, let store, X509_STORE_CTX_get_error(store) == X509_V_ERR_CRL_HAS_EXPIRED,
-        let sslPointer = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
-        let connectionPointer = SSL_get_ex_data(OpaquePointer(sslPointer), 0),
-        Unmanaged<TLSConnection>.fromOpaque(connectionPointer).takeUnretainedValue().allowsStaleCRL
-    {
+    if preverified == 0, X509_STORE_CTX_get_error(store) == X509_V_ERR_CRL_HAS_EXPIRED, connection.allowsStaleCRL {
         X509_STORE_CTX_set_error(store, X509_V_OK)
         return 1
     }
-    guard preverified == 1, let store, X509_STORE_CTX_get_error_depth(store) == 0,
-        let sslPointer = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
-        let connectionPointer = SSL_get_ex_data(OpaquePointer(sslPointer), 0),
+    guard preverified == 1, X509_STORE_CTX_get_error_depth(store) == 0,
         let certificate = X509_STORE_CTX_get_current_cert(store)
     else { return preverified }
-    let connection = Unmanaged<TLSConnection>.fromOpaque(connectionPointer).takeUnretainedValue()
     let identity = CertificateIdentity(certificate)
     guard let policy = connection.identityPolicy, !identity.allowed(by: policy) else { return 1 }
     connection.refusedIdentity = identity.description
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
     return 0
+}
+
+/// The connection whose handshake `store` is verifying, through its SSL's application data.
+private func connection(verifying store: OpaquePointer) -> TLSConnection? {
+    guard let ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
+        let connection = SSL_get_ex_data(OpaquePointer(ssl), 0)
+    else { return nil }
+    return Unmanaged<TLSConnection>.fromOpaque(connection).takeUnretainedValue()
 }
