@@ -118,11 +118,9 @@ extension TLSHandler {
     ///   write per burst. Any later send takes what waited, and its promises, first.
     func sendOutput(context: ChannelHandlerContext, promises: [EventLoopPromise<Void>] = [], soon: Bool = false) {
         if soon && self.inRead {
-            self.outputDeferred = true
             self.deferredPromises.append(contentsOf: promises)
             return
         }
-        self.outputDeferred = false
         var promises = promises
         if !self.deferredPromises.isEmpty {
             promises = self.deferredPromises + promises

@@ -72,10 +72,9 @@ public final class TLSHandler: ChannelDuplexHandler {
     /// Whether the peer's close_notify has arrived: its direction is finished, whatever ours is doing.
     var inputClosed = false
     /// Whether a read from the socket is being handled: what OpenSSL says meanwhile (a handshake flight, a
-    /// ticket) waits for the end of the read burst, to leave in one write with the replies it caused.
+    /// ticket) waits in the BIO for the end of the read burst, to leave in one write with the replies it caused.
     var inRead = false
-    /// Whether such output waits for the end of the burst, and the promises that go with it.
-    var outputDeferred = false
+    /// The promises of writes whose ciphertext waits so.
     var deferredPromises: [EventLoopPromise<Void>] = []
 
     /// - Parameters:
@@ -330,7 +329,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     public func channelReadComplete(context: ChannelHandlerContext) {
         // The stages above flush their replies here, which sends what waited with them.
         context.fireChannelReadComplete()
-        if self.outputDeferred { self.sendOutput(context: context) }
+        // Outside a read every send takes all there is: anything still here waited for this.
+        if self.connection.outputPending > 0 || !self.deferredPromises.isEmpty { self.sendOutput(context: context) }
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -383,7 +383,6 @@ public final class TLSHandler: ChannelDuplexHandler {
             break
         }
         self.writes.failAll(ChannelError.ioOnClosedChannel)
-        self.outputDeferred = false
         let deferred = self.deferredPromises
         self.deferredPromises = []
         for promise in deferred { promise.fail(ChannelError.ioOnClosedChannel) }
