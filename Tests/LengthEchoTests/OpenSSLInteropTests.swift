@@ -20,12 +20,8 @@ struct OpenSSLInteropTests {
         arguments: ["-tls1_2", "-tls1_3"])
     func sClientGetsReplies(flag: String) async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
         // The idle timeout closes the connection (with close_notify) once s_client has said everything.
-        let server = try await startServer {
-            $0.tls = context
-            $0.idleTimeout = .milliseconds(1500)
-        }
+        let server = try await startServerForSClient(certificates, idleTimeout: .milliseconds(1500))
         let result = try await self.sClient(port: server.port, ca: certificates.ca, "\(flag) -servername localhost")
         #expect(result.output == "11 : test_string\u{0}6 : second\u{0}")
         await server.shutdown()
@@ -36,13 +32,9 @@ struct OpenSSLInteropTests {
         arguments: ["-tls1_2", "-tls1_3"])
     func sClientResumes(flag: String) async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
         // The idle timeout ends each s_client (-ign_eof: it reads until the server closes, so a TLS 1.3 ticket,
         // which comes after the handshake, reaches it).
-        let server = try await startServer {
-            $0.tls = context
-            $0.idleTimeout = .milliseconds(500)
-        }
+        let server = try await startServerForSClient(certificates, idleTimeout: .milliseconds(500))
         let session = FileManager.default.temporaryDirectory.appendingPathComponent("le-session-\(UUID()).pem").path
         defer { try? FileManager.default.removeItem(atPath: session) }
         let flags = "\(flag) -servername localhost -ign_eof"

@@ -93,11 +93,7 @@ struct TLSPolicyTests {
     @Test("without --alpn-required a client offering something else, or nothing, is served without ALPN")
     func offered() async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
-        let server = try await startServer {
-            $0.tls = context
-            $0.idleTimeout = .milliseconds(1500)
-        }
+        let server = try await startServerForSClient(certificates, idleTimeout: .milliseconds(1500))
         let other = try await self.sClient(port: server.port, ca: certificates.ca, "-alpn h2 -quiet")
         #expect(other.contains("4 : alpn"), "\(other)")
         let plain = try await self.sClient(port: server.port, ca: certificates.ca, "-ign_eof")
@@ -318,11 +314,7 @@ struct TLSPolicyTests {
     @Test("TLS 1.3 suites in the server's order (AES-128-GCM first on an AES CPU); TLS 1.2 keeps the client's order")
     func suitePreference() async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
-        let server = try await startServer {
-            $0.tls = context
-            $0.idleTimeout = .milliseconds(1500)
-        }
+        let server = try await startServerForSClient(certificates, idleTimeout: .milliseconds(1500))
         let port = server.port
         // OpenSSL's own client lists AES-256-GCM first: the server's preference wins on TLS 1.3.
         let tls13 = try await self.sClient(port: port, ca: certificates.ca, "-brief")

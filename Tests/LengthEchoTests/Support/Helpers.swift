@@ -68,3 +68,17 @@ func sClient(
             ])
     }
 }
+
+/// A TLS server with the test certificates whose idle timeout ends each `openssl s_client` (which, with
+/// `-quiet` or `-ign_eof`, reads until the server closes, with close_notify).
+func startServerForSClient(
+    _ certificates: TestCertificates, idleTimeout: TimeAmount
+) async throws
+    -> LengthEchoServer
+{
+    let context = try certificates.serverContext()
+    return try await startServer {
+        $0.tls = context
+        $0.idleTimeout = idleTimeout
+    }
+}
