@@ -57,7 +57,7 @@ extension ServerCommand {
         )
     }
 
-    /// SIGHUP: read the certificate, key and client CA again (a renewal), for new connections. If they are
+    /// SIGHUP: read the certificate, key, client CA and client CRL again (a renewal), for new connections. If they are
     /// not usable, say why and keep serving with the ones already loaded.
     func reload(_ server: LengthEchoServer, console: Console, why: String = "SIGHUP") {
         guard self.tls else {

@@ -226,8 +226,8 @@ public final class LengthEchoServer: Sendable {
         for listener in self.listeners {
             try? await listener.close()
         }
-        // Connections accepted just before the listeners closed may still be on their way to their loops (a
-        // passed socket's connections are handed to other loops): let every loop take them in before draining.
+        // Connections accepted just before the listeners closed may still be being set up on their loops (as
+        // tasks queued there): let every loop run them before draining, so the drain sees them.
         for state in self.loopStates {
             try? await state.eventLoop.submit {}.get()
         }
