@@ -149,6 +149,25 @@ measure() {
     LAST_CPU="$cpu"
 }
 
+# alternate A B: runs the functions A and B (each one measurement, with no row of its own) as A, B, B, A, since
+# cells minutes apart drift more than a few percent; leaves the mean server CPU per request of each in ALT_A_CPU
+# and ALT_B_CPU, and B's mean requests/s in ALT_B_RPS.
+alternate() {
+    local a_sum=0 b_sum=0 b_rps=0 side
+    for side in "$1" "$2" "$2" "$1"; do
+        NO_ROW=1 "$side"
+        if [ "$side" = "$1" ]; then
+            a_sum="$(awk -v a="$a_sum" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
+        else
+            b_sum="$(awk -v a="$b_sum" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
+            b_rps="$(awk -v a="$b_rps" -v b="$LAST_RPS" 'BEGIN { print a + b }')"
+        fi
+    done
+    ALT_A_CPU="$(awk -v t="$a_sum" 'BEGIN { printf "%.1f", t / 2 }')"
+    ALT_B_CPU="$(awk -v t="$b_sum" 'BEGIN { printf "%.1f", t / 2 }')"
+    ALT_B_RPS="$(awk -v t="$b_rps" 'BEGIN { printf "%.0f", t / 2 }')"
+}
+
 echo "bench.sh: crypto floor (openssl speed)" >&2
 SIGN_PER_S="$(openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/ecdsa \(nistp256\)/ {print $(NF-1)}')"
 X25519_PER_S="$(openssl speed -seconds 2 ecdhx25519 2>/dev/null | awk '/X25519/ {print $NF}')"
@@ -246,29 +265,22 @@ OURS_64K_CPU=$LAST_CPU
 stop "$OURS_TLS_PID"  # one server at a time: the TLS fronts below have only the plaintext backend behind them
 
 if [ -n "$TCMALLOC" ]; then
-    # Optional: Debian's tcmalloc under the whole process (LD_PRELOAD; see the README). Measured against glibc's
-    # malloc side by side, alternating (glibc, tcmalloc, tcmalloc, glibc), since cells minutes apart drift.
+    # Optional: Debian's tcmalloc under the whole process (LD_PRELOAD; see the README), against glibc's malloc.
     echo "bench.sh: length-echo with tcmalloc (LD_PRELOAD) and without, alternating" >&2
-    TC_SUM=0; GLIBC_SUM=0; TC_RPS_SUM=0
-    for allocator in glibc tcmalloc tcmalloc glibc; do
-        preload=()
-        [ "$allocator" = tcmalloc ] && preload=(env LD_PRELOAD="$TCMALLOC")
-        start "ours-tls-$allocator" "${preload[@]}" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
-        ALLOC_PID=$LAST_PID
+    full_handshakes_of_new_server() {  # one measurement of a TLS server started for it, with "$@" before it
+        start ours-tls-allocator "$@" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
+        local pid=$LAST_PID
         wait_port "$OURS_TLS"
-        NO_ROW=1 measure "" "" "$ALLOC_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-        stop "$ALLOC_PID"
-        if [ "$allocator" = tcmalloc ]; then
-            TC_SUM="$(awk -v a="$TC_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
-            TC_RPS_SUM="$(awk -v a="$TC_RPS_SUM" -v b="$LAST_RPS" 'BEGIN { print a + b }')"
-        else
-            GLIBC_SUM="$(awk -v a="$GLIBC_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
-        fi
-    done
-    TC_FULL_CPU="$(awk -v t="$TC_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
-    GLIBC_FULL_CPU="$(awk -v t="$GLIBC_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
+        measure "" "" "$pid" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+        stop "$pid"
+    }
+    with_glibc() { full_handshakes_of_new_server; }
+    with_tcmalloc() { full_handshakes_of_new_server env LD_PRELOAD="$TCMALLOC"; }
+    alternate with_glibc with_tcmalloc
+    GLIBC_FULL_CPU=$ALT_A_CPU
+    TC_FULL_CPU=$ALT_B_CPU
     add_row "TLS 1.3 full handshake per request" "length-echo + tcmalloc (optional)" \
-        "$(awk -v t="$TC_RPS_SUM" 'BEGIN { printf "%.0f", t / 2 }')" "$TC_FULL_CPU" "n/a" "0" \
+        "$ALT_B_RPS" "$TC_FULL_CPU" "n/a" "0" \
         "LD_PRELOAD=$TCMALLOC; two runs each, alternating with glibc's malloc: $GLIBC_FULL_CPU µs with glibc's"
 fi
 
@@ -342,19 +354,12 @@ NGINX
     start ours-tls-duel "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
     DUEL_PID=$LAST_PID
     wait_port "$OURS_TLS"
-    DUEL_OURS_SUM=0; DUEL_NGINX_SUM=0
-    for side in ours nginx nginx ours; do
-        if [ "$side" = ours ]; then
-            NO_ROW=1 measure "" "" "$DUEL_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-            DUEL_OURS_SUM="$(awk -v a="$DUEL_OURS_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
-        else
-            NO_ROW=1 measure "" "" "$NGINX_PIDS" "" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-            DUEL_NGINX_SUM="$(awk -v a="$DUEL_NGINX_SUM" -v b="$LAST_CPU" 'BEGIN { print a + b }')"
-        fi
-    done
+    ours_full() { measure "" "" "$DUEL_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume; }
+    nginx_full() { measure "" "" "$NGINX_PIDS" "" --port "$NGINX" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume; }
+    alternate ours_full nginx_full
     stop "$DUEL_PID"
-    DUEL_OURS_CPU="$(awk -v t="$DUEL_OURS_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
-    DUEL_NGINX_CPU="$(awk -v t="$DUEL_NGINX_SUM" 'BEGIN { printf "%.1f", t / 2 }')"
+    DUEL_OURS_CPU=$ALT_A_CPU
+    DUEL_NGINX_CPU=$ALT_B_CPU
     add_row "TLS 1.3 full handshake per request, side by side" "length-echo, alternating with nginx's front" "n/a" \
         "$DUEL_OURS_CPU" "n/a" "0" "two runs each, alternating: nginx's front alone $DUEL_NGINX_CPU µs"
     stop $NGINX_PIDS
