@@ -51,7 +51,8 @@ struct CertificateIdentity {
     var uris: [String] = []
     var publicKeySHA256: [UInt8] = []
 
-    init(_ certificate: OpaquePointer) {
+    /// - Parameter digest: SHA-256 as fetched from the provider (nil: OpenSSL's built-in `EVP_sha256()`).
+    init(_ certificate: OpaquePointer, digest: OpaquePointer? = nil) {
         if let subject = X509_get_subject_name(certificate) {
             var index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1)
             while index >= 0 {
@@ -82,10 +83,10 @@ struct CertificateIdentity {
             var der: UnsafeMutablePointer<UInt8>?
             let length = i2d_X509_PUBKEY(key, &der)
             if length > 0, let der {
-                var digest = [UInt8](repeating: 0, count: 32)
+                var sha256 = [UInt8](repeating: 0, count: 32)
                 var size: UInt32 = 0
-                if EVP_Digest(der, Int(length), &digest, &size, EVP_sha256(), nil) == 1, size == 32 {
-                    self.publicKeySHA256 = digest
+                if EVP_Digest(der, Int(length), &sha256, &size, digest ?? EVP_sha256(), nil) == 1, size == 32 {
+                    self.publicKeySHA256 = sha256
                 }
                 CRYPTO_free(der, nil, 0)
             }
@@ -143,7 +144,7 @@ func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> In
     guard preverified == 1, X509_STORE_CTX_get_error_depth(store) == 0,
         let certificate = X509_STORE_CTX_get_current_cert(store)
     else { return preverified }
-    let identity = CertificateIdentity(certificate)
+    let identity = CertificateIdentity(certificate, digest: connection.identityDigest)
     guard let policy = connection.identityPolicy, !identity.allowed(by: policy) else { return 1 }
     connection.refusedIdentity = identity.description
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)

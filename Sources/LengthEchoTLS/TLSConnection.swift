@@ -47,6 +47,8 @@ final class TLSConnection {
     var refusedIdentity: String?
     /// The identities accepted beyond the CA's verification (the context's), if any.
     var identityPolicy: IdentityPolicy? { self.context.identityPolicy }
+    /// The digest the policy's SPKI hashes are made with (the context's, fetched once).
+    var identityDigest: OpaquePointer? { self.context.identityDigest }
     /// Whether a CRL past its next update is accepted (the server was told to).
     var allowsStaleCRL: Bool { self.context.revocation?.allowStale == true }
 

@@ -87,6 +87,9 @@ public final class TLSContext: @unchecked Sendable {
     public private(set) var staleCRLs: [String] = []
     /// Whether the verify callback has work to do (an identity policy, or stale CRLs to accept).
     var needsVerifyCallback: Bool { self.identityPolicy != nil || self.revocation?.allowStale == true }
+    /// SHA-256, fetched from the provider once for the identity policy's SPKI digests (`EVP_sha256()` would
+    /// fetch it again for every certificate checked); nil without a policy. Owned here, freed in deinit.
+    let identityDigest: OpaquePointer?
 
     private init(
         pointer: OpaquePointer,
@@ -99,12 +102,14 @@ public final class TLSContext: @unchecked Sendable {
         self.pointer = pointer
         self.ticketKeys = ticketKeys
         self.identityPolicy = identityPolicy
+        self.identityDigest = identityPolicy == nil ? nil : EVP_MD_fetch(nil, "SHA256", nil)
         self.isServer = isServer
         self.verifiesPeer = verifiesPeer
         self.hasCertificate = hasCertificate
     }
 
     deinit {
+        EVP_MD_free(self.identityDigest)
         SSL_CTX_free(self.pointer)
     }
 
