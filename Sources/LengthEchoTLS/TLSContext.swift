@@ -153,13 +153,7 @@ public final class TLSContext: @unchecked Sendable {
         allowedClients: IdentityPolicy = IdentityPolicy(),
         revocation: RevocationPolicy? = nil
     ) throws(TLSError) -> TLSContext {
-        OpenSSLErrors.clear()
-        guard let ctx = SSL_CTX_new(TLS_server_method()) else {
-            throw TLSError(
-                .configuration,
-                "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))"
-            )
-        }
+        let ctx = try Self.newContext(TLS_server_method())
         guard let ticketKeys = TicketKeys(lifetime: ticketKeyLifetime) else {
             SSL_CTX_free(ctx)
             throw TLSError(
@@ -207,14 +201,7 @@ public final class TLSContext: @unchecked Sendable {
                     "client authentication \(clientAuthentication.rawValue) needs a client CA: the CA that signs client certificates"
                 )
             }
-            try Self.checkReadable(clientCA, what: "client CA file")
-            OpenSSLErrors.clear()
-            guard SSL_CTX_load_verify_locations(ctx, clientCA, nil) == 1 else {
-                throw TLSError(
-                    .configuration,
-                    "cannot use client CA file \(clientCA): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))"
-                )
-            }
+            try Self.trust(clientCA, what: "client CA file", on: ctx)
             // The CA names sent in the certificate request, so a client can pick the right certificate.
             guard let names = SSL_load_client_CA_file(clientCA) else {
                 throw TLSError(
@@ -246,13 +233,7 @@ public final class TLSContext: @unchecked Sendable {
         keyLog: Bool = false,
         pinnedPublicKeys: [[UInt8]] = []
     ) throws(TLSError) -> TLSContext {
-        OpenSSLErrors.clear()
-        guard let ctx = SSL_CTX_new(TLS_client_method()) else {
-            throw TLSError(
-                .configuration,
-                "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))"
-            )
-        }
+        let ctx = try Self.newContext(TLS_client_method())
         let context = TLSContext(
             pointer: ctx, isServer: false, verifiesPeer: verify, hasCertificate: certificateChain != nil,
             identityPolicy: pinnedPublicKeys.isEmpty ? nil : IdentityPolicy(publicKeySHA256: pinnedPublicKeys))
@@ -265,14 +246,7 @@ public final class TLSContext: @unchecked Sendable {
         case .system:
             try check(SSL_CTX_set_default_verify_paths(ctx) == 1, "the system's trust store")
         case .file(let path):
-            try Self.checkReadable(path, what: "CA file")
-            OpenSSLErrors.clear()
-            guard SSL_CTX_load_verify_locations(ctx, path, nil) == 1 else {
-                throw TLSError(
-                    .configuration,
-                    "cannot use CA file \(path): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))"
-                )
-            }
+            try Self.trust(path, what: "CA file", on: ctx)
         }
         // Pinned keys are checked on top of the usual verification, in the verify callback.
         SSL_CTX_set_verify(
@@ -342,6 +316,30 @@ public final class TLSContext: @unchecked Sendable {
         guard SSL_CTX_check_private_key(ctx) == 1 else {
             _ = OpenSSLErrors.drain()
             throw TLSError(.configuration, "the key \(key) does not match the certificate \(chain)")
+        }
+    }
+
+    /// A new, empty `SSL_CTX` for `method`, owned by the caller.
+    private static func newContext(_ method: OpaquePointer?) throws(TLSError) -> OpaquePointer {
+        OpenSSLErrors.clear()
+        guard let ctx = SSL_CTX_new(method) else {
+            throw TLSError(
+                .configuration,
+                "cannot create a TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "out of memory"))"
+            )
+        }
+        return ctx
+    }
+
+    /// Verifies peers against the CA certificates in the PEM file at `path` (`what` names it in errors).
+    private static func trust(_ path: String, what: String, on ctx: OpaquePointer) throws(TLSError) {
+        try Self.checkReadable(path, what: what)
+        OpenSSLErrors.clear()
+        guard SSL_CTX_load_verify_locations(ctx, path, nil) == 1 else {
+            throw TLSError(
+                .configuration,
+                "cannot use \(what) \(path): \(OpenSSLErrors.describe(OpenSSLErrors.drain(), fallback: "no certificates in it"))"
+            )
         }
     }
 

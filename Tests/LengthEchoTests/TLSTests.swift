@@ -255,4 +255,26 @@ struct TLSTests {
             serverError(cert: certificates.serverCertificate, key: encrypted).contains("is encrypted with a passphrase")
         )
     }
+
+    @Test("a CA file without certificates is a clear error, for a server's client CA and for a client's trust")
+    func caFileWithoutCertificates() async throws {
+        let certificates = try await TestCertificates.main.value
+        // A key is PEM, but holds no certificate.
+        let notCA = certificates.serverKey
+        do {
+            _ = try TLSContext.server(
+                certificateChain: certificates.serverCertificate, privateKey: certificates.serverKey,
+                clientCA: notCA, clientAuthentication: .required)
+            Issue.record("a server context was made with no client CA certificates")
+        } catch {
+            #expect(error.description.hasPrefix("cannot use client CA file \(notCA): "), "\(error)")
+        }
+        do {
+            _ = try TLSContext.client(trustRoots: .file(notCA))
+            Issue.record("a client context was made with no CA certificates")
+        } catch {
+            #expect(error.description.hasPrefix("cannot use CA file \(notCA): "), "\(error)")
+        }
+        #expect(throws: TLSError.self) { try TLSContext.client(trustRoots: .file("/nonexistent/ca.pem")) }
+    }
 }
