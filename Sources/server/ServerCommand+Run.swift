@@ -54,6 +54,7 @@ extension ServerCommand {
         configuration.maximumConnections = self.maxConnections
         configuration.drainTimeout = .fromSeconds(self.drainTimeout)
         configuration.threads = self.threads
+        configuration.cpuAffinity = self.cpuAffinity
         configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
         configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
         configuration.handshakesPerSecondPerAddress = self.handshakeRate
@@ -136,6 +137,12 @@ extension ServerCommand {
         let framing = self.framing == .nul ? "" : ", \(self.framing.rawValue) framing"
         let proxy = self.proxyProtocol ? ", PROXY protocol from \(self.proxyFrom.joined(separator: " "))" : ""
         console.say(.notice, "listening on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))")
+        if let cpus = server.pinnedCPUs {
+            console.say(
+                .notice,
+                "event loops pinned to CPUs \(cpus.map(String.init).joined(separator: ", ")); each new connection goes to the loop on the CPU that received it"
+            )
+        }
         if let address = statusServer?.localAddress {
             console.say(
                 .notice,

@@ -80,6 +80,16 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Event-loop threads; the default is one per core.")
     var threads: Int = System.coreCount
 
+    @Flag(
+        name: .customLong("cpu-affinity"),
+        help: """
+            Pin each event loop to a CPU and give each new connection to the loop on the CPU that received it: \
+            cheaper per connection where the network card spreads its receive queues over the CPUs (multi-queue \
+            NICs, RPS); where one CPU receives everything, one loop gets every connection.
+            """
+    )
+    var cpuAffinity = false
+
     @Flag(name: .long, help: "Speak TLS (from the system OpenSSL) instead of plaintext.")
     var tls = false
 

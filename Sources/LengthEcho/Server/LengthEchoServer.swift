@@ -19,6 +19,8 @@ public final class LengthEchoServer: Sendable {
     public let configuration: ServerConfiguration
     /// Where the server listens, one address per listening socket.
     public let localAddresses: [SocketAddress]
+    /// With `cpuAffinity`: the CPU each event loop is pinned to, in loop order; nil otherwise.
+    public let pinnedCPUs: [Int]?
     private let listeners: [any Channel]
     private let tracker: ConnectionTracker
     private let tls: TLSContextHolder
@@ -76,10 +78,13 @@ public final class LengthEchoServer: Sendable {
     public func publishMetrics() async {
         let totals = self.loopStates.map { state in state.eventLoop.submit { state.value.totals() } }
         var sum = ConnectionTotals()
+        var accepted: [Int] = []
         for future in totals {
-            if let loop = try? await future.get() { sum.add(loop) }
+            let loop = (try? await future.get()) ?? ConnectionTotals()
+            sum.add(loop)
+            accepted.append(loop.accepted)
         }
-        self.metrics.publish(sum, open: self.tracker.count)
+        self.metrics.publish(sum, open: self.tracker.count, acceptedByLoop: accepted)
     }
 
     /// The number of open client connections.
@@ -93,6 +98,7 @@ public final class LengthEchoServer: Sendable {
         loopStates: [NIOLoopBound<ServerLoopState>],
         group: any EventLoopGroup,
         ownsGroup: Bool,
+        pinnedCPUs: [Int]?,
         metrics: ServerMetrics
     ) {
         self.metrics = metrics
@@ -105,6 +111,7 @@ public final class LengthEchoServer: Sendable {
         self.tracker = tracker
         self.group = group
         self.ownsGroup = ownsGroup
+        self.pinnedCPUs = pinnedCPUs
     }
 
     /// Binds every configured address and starts accepting.
@@ -118,7 +125,20 @@ public final class LengthEchoServer: Sendable {
         group: (any EventLoopGroup)? = nil
     ) async throws -> LengthEchoServer {
         let ownsGroup = group == nil
-        let group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
+        var loopCPUs: [Int]?
+        if configuration.cpuAffinity {
+            if !ownsGroup {
+                configuration.logger.warning("CPU affinity applies only to the server's own event loops: ignored")
+            } else if let allowed = CPUSteering.allowedCPUs() {
+                loopCPUs = CPUSteering.loopCPUs(threads: max(1, configuration.threads), allowed: allowed)
+            } else {
+                configuration.logger.warning("the CPUs this process may run on are unknown: event loops are not pinned")
+            }
+        }
+        let group =
+            group
+            ?? loopCPUs.map { MultiThreadedEventLoopGroup(pinnedCPUIDs: $0) }
+            ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let tracker = ConnectionTracker(limit: configuration.maximumConnections)
         let limits = AddressLimits(
             maximumOpen: configuration.maximumConnectionsPerAddress,
@@ -142,7 +162,8 @@ public final class LengthEchoServer: Sendable {
         let states = Dictionary(uniqueKeysWithValues: zip(loops.map { ObjectIdentifier($0) }, loopStates))
         let listeners: [any Channel]
         do {
-            listeners = try await Listeners.bind(configuration: configuration, loops: loops) { loop, ipv6Only in
+            listeners = try await Listeners.bind(configuration: configuration, loops: loops, loopCPUs: loopCPUs) {
+                loop, ipv6Only in
                 // `states` has an entry for every loop of `loops`.
                 Self.bootstrap(
                     loop: loop,
@@ -170,6 +191,7 @@ public final class LengthEchoServer: Sendable {
             loopStates: loopStates,
             group: group,
             ownsGroup: ownsGroup,
+            pinnedCPUs: loopCPUs,
             metrics: metrics
         )
     }

@@ -12,11 +12,14 @@ import Musl
 /// socket per event loop (SO_REUSEPORT), and fall back to IPv4 alone where the machine has no IPv6.
 enum Listeners {
     /// Binds `configuration.hosts` on every loop with `bootstrap(loop, ipv6Only)`; returns the listeners.
+    /// With `loopCPUs` (the CPU each loop is pinned to), each address's group of sockets gets the program that
+    /// gives a connection to the loop on the CPU that received it (`CPUSteering`).
     ///
     /// - Throws: `LengthEchoError.bindFailed` with the reason; listeners already bound are closed first.
     static func bind(
         configuration: ServerConfiguration,
         loops: [any EventLoop],
+        loopCPUs: [Int]? = nil,
         bootstrap: (any EventLoop, Bool) -> ServerBootstrap
     ) async throws(LengthEchoError) -> [any Channel] {
         if !configuration.listeningSockets.isEmpty {
@@ -44,6 +47,7 @@ enum Listeners {
                     if ipv6Missing(errno) { continue }
                     throw LengthEchoError.bindFailed(host: host, port: port, reason: Self.reason(errno: errno))
                 }
+                let group = listeners.count
                 for loop in loops {
                     do {
                         let target = try SocketAddress.makeAddressResolvingHost(host, port: port)
@@ -57,6 +61,15 @@ enum Listeners {
                             host: host,
                             port: port,
                             reason: errno.map(Self.reason(errno:)) ?? .other("\(error)")
+                        )
+                    }
+                }
+                if let loopCPUs, listeners.count == group + loops.count {
+                    do {
+                        try await CPUSteering.attach(to: listeners[group], loopCPUs: loopCPUs)
+                    } catch {
+                        configuration.logger.warning(
+                            "connections to \(host) cannot be steered to the loop on their CPU (\(error)); the kernel spreads them by hash"
                         )
                     }
                 }

@@ -38,6 +38,12 @@ public struct ServerConfiguration: Sendable {
     public var backlog: Int32 = 4096
     /// Event-loop threads; the default is one per core.
     public var threads: Int = System.coreCount
+    /// Pins each event loop to one of the CPUs the process may run on, and gives each new connection to the
+    /// loop on the CPU that received it, so the kernel's and the server's work on a connection share one CPU
+    /// and its caches. Cheaper per connection where the network card spreads its receive queues over the CPUs
+    /// (multi-queue NICs, RPS); where one CPU receives everything, that CPU's loop gets every connection. Applies
+    /// when the server makes its own event loops, to the addresses it binds (not to passed sockets).
+    public var cpuAffinity = false
     /// TLS on every connection when set; plaintext otherwise. Built once, shared by all connections.
     public var tls: TLSContext?
     /// A TLS peer that has not finished its handshake after this long is dropped.

@@ -55,17 +55,25 @@ final class ServerMetrics: Sendable {
     let connectionSeconds = CoreMetrics.Timer(label: "length_echo_connection_seconds")
     let handshakeSeconds = CoreMetrics.Timer(label: "length_echo_tls_handshake_seconds")
     private let open = Gauge(label: "length_echo_connections_open")
-    private let published = Mutex(ConnectionTotals())
+    private let published = Mutex((totals: ConnectionTotals(), acceptedByLoop: [Int]()))
 
     func certificate(notAfter: Int?) {
         // Made only for a server with a certificate: a plaintext server has no such metric, rather than 0.
         if let notAfter { Gauge(label: "length_echo_tls_certificate_expiry_timestamp_seconds").record(notAfter) }
     }
 
-    /// Publishes `totals` (all connections so far, open ones included) and the open count.
-    func publish(_ totals: ConnectionTotals, open: Int) {
+    /// Publishes `totals` (all connections so far, open ones included), the open count, and how many
+    /// connections each event loop has taken (`length_echo_event_loop_connections_total{loop="0"}`: how evenly
+    /// the kernel spreads them, which matters most with CPU affinity).
+    func publish(_ totals: ConnectionTotals, open: Int, acceptedByLoop: [Int] = []) {
         self.open.record(open)
-        self.published.withLock { last in
+        self.published.withLock { published in
+            for (loop, accepted) in acceptedByLoop.enumerated() {
+                let before = loop < published.acceptedByLoop.count ? published.acceptedByLoop[loop] : 0
+                Self.add("length_echo_event_loop_connections_total", [("loop", "\(loop)")], accepted - before)
+            }
+            published.acceptedByLoop = acceptedByLoop
+            let last = published.totals
             Self.add("length_echo_connections_total", [], totals.accepted - last.accepted)
             Self.add("length_echo_messages_total", [], totals.messages - last.messages)
             Self.add("length_echo_bytes_total", [("direction", "in")], totals.bytesIn - last.bytesIn)
@@ -90,7 +98,7 @@ final class ServerMetrics: Sendable {
                     [("result", "ok"), ("version", handshake.version), ("resumed", "\(handshake.resumed)")],
                     count - (last.handshakes[handshake] ?? 0))
             }
-            last = totals
+            published.totals = totals
         }
     }
 
