@@ -264,16 +264,29 @@ OURS_64K_RPS=$LAST_RPS
 OURS_64K_CPU=$LAST_CPU
 stop "$OURS_TLS_PID"  # one server at a time: the TLS fronts below have only the plaintext backend behind them
 
+# The optional settings, each against the default, alternating.
+SERVER_FLAGS=()
+full_handshakes_of_new_server() {  # one measurement of a TLS server started for it: "$@" before it, SERVER_FLAGS after
+    start ours-tls-variant "$@" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000 "${SERVER_FLAGS[@]}"
+    local pid=$LAST_PID
+    wait_port "$OURS_TLS"
+    measure "" "" "$pid" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    stop "$pid"
+}
+# --cpu-affinity: loops pinned to CPUs, each connection taken by the loop on the CPU that received it.
+echo "bench.sh: length-echo with --cpu-affinity and without, alternating" >&2
+default_flags() { SERVER_FLAGS=(); full_handshakes_of_new_server; }
+affinity_flags() { SERVER_FLAGS=(--cpu-affinity); full_handshakes_of_new_server; SERVER_FLAGS=(); }
+alternate default_flags affinity_flags
+UNPINNED_FULL_CPU=$ALT_A_CPU
+AFFINITY_FULL_CPU=$ALT_B_CPU
+add_row "TLS 1.3 full handshake per request" "length-echo --cpu-affinity (optional)" \
+    "$ALT_B_RPS" "$AFFINITY_FULL_CPU" "n/a" "0" \
+    "two runs each, alternating with the default: $UNPINNED_FULL_CPU µs without"
+
 if [ -n "$TCMALLOC" ]; then
     # Optional: Debian's tcmalloc under the whole process (LD_PRELOAD; see the README), against glibc's malloc.
     echo "bench.sh: length-echo with tcmalloc (LD_PRELOAD) and without, alternating" >&2
-    full_handshakes_of_new_server() {  # one measurement of a TLS server started for it, with "$@" before it
-        start ours-tls-allocator "$@" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000
-        local pid=$LAST_PID
-        wait_port "$OURS_TLS"
-        measure "" "" "$pid" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-        stop "$pid"
-    }
     with_glibc() { full_handshakes_of_new_server; }
     with_tcmalloc() { full_handshakes_of_new_server env LD_PRELOAD="$TCMALLOC"; }
     alternate with_glibc with_tcmalloc
@@ -362,6 +375,17 @@ NGINX
     DUEL_NGINX_CPU=$ALT_B_CPU
     add_row "TLS 1.3 full handshake per request, side by side" "length-echo, alternating with nginx's front" "n/a" \
         "$DUEL_OURS_CPU" "n/a" "0" "two runs each, alternating: nginx's front alone $DUEL_NGINX_CPU µs"
+    # And with both optional settings (--cpu-affinity, and tcmalloc where Debian's is installed).
+    start ours-tls-tuned ${TCMALLOC:+env LD_PRELOAD="$TCMALLOC"} "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000 --cpu-affinity
+    DUEL_PID=$LAST_PID
+    wait_port "$OURS_TLS"
+    alternate ours_full nginx_full
+    stop "$DUEL_PID"
+    TUNED_OURS_CPU=$ALT_A_CPU
+    TUNED_NGINX_CPU=$ALT_B_CPU
+    TUNED_NAME="--cpu-affinity${TCMALLOC:+ and tcmalloc}"
+    add_row "TLS 1.3 full handshake per request, side by side" "length-echo $TUNED_NAME (optional), alternating with nginx's front" "n/a" \
+        "$TUNED_OURS_CPU" "n/a" "0" "two runs each, alternating: nginx's front alone $TUNED_NGINX_CPU µs"
     stop $NGINX_PIDS
 fi
 
@@ -497,6 +521,10 @@ SUMMARY=(
     "- Memory per idle connection: **$MEM_PLAIN KiB** plaintext, **$MEM_TLS KiB** TLS ($HOLD held); **$MEM_SCALE KiB** per TLS connection with $SCALE held."
     "- $SCALE idle TLS connections open: the active clients' p99 $LOADED_P99 µs against $UNLOADED_P99 µs with nothing else open = **$(ratio "$LOADED_P99" "$UNLOADED_P99")×**."
 )
+SUMMARY+=("- With --cpu-affinity (optional): TLS 1.3 full handshake $AFFINITY_FULL_CPU µs against $UNPINNED_FULL_CPU µs without, alternating = **$(ratio "$AFFINITY_FULL_CPU" "$UNPINNED_FULL_CPU")×**.")
+if [ -n "${TUNED_OURS_CPU:-}" ]; then
+    SUMMARY+=("- With ${TUNED_NAME} (optional), side by side with nginx's front (two runs each, alternating): $TUNED_OURS_CPU µs vs $TUNED_NGINX_CPU µs = **$(ratio "$TUNED_OURS_CPU" "$TUNED_NGINX_CPU")×**.")
+fi
 if [ -n "${TC_FULL_CPU:-}" ]; then
     SUMMARY+=("- With tcmalloc (optional, LD_PRELOAD): TLS 1.3 full handshake $TC_FULL_CPU µs against $GLIBC_FULL_CPU µs with glibc's malloc, alternating = **$(ratio "$TC_FULL_CPU" "$GLIBC_FULL_CPU")×**; **$(ratio "$TC_FULL_CPU" "${NGINX_ONLY_FULL_CPU:-0}")×** nginx's own.")
 fi
