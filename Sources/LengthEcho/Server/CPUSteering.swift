@@ -54,7 +54,7 @@ enum CPUSteering {
         (0..<threads).map { allowed[$0 % allowed.count] }
     }
 
-    /// One classic BPF instruction (`struct sock_filter`).
+    /// One classic BPF instruction (`struct sock_filter`: 8 bytes, laid out as in C).
     struct Instruction: Equatable {
         var code: UInt16
         var jumpIfTrue: UInt8
@@ -62,7 +62,8 @@ enum CPUSteering {
         var k: UInt32
     }
 
-    /// `struct sock_fprog`: the program as `setsockopt` takes it. The kernel copies the instructions.
+    /// `struct sock_fprog`: the program as `setsockopt` takes it (a length, then at the next 8-byte boundary the
+    /// pointer: the same layout in Swift). The kernel copies the instructions.
     private struct Program: @unchecked Sendable {
         var length: UInt16
         var instructions: UnsafeMutablePointer<Instruction>

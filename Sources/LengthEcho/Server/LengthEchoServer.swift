@@ -131,6 +131,11 @@ public final class LengthEchoServer: Sendable {
                 configuration.logger.warning("CPU affinity applies only to the server's own event loops: ignored")
             } else if let allowed = CPUSteering.allowedCPUs() {
                 loopCPUs = CPUSteering.loopCPUs(threads: max(1, configuration.threads), allowed: allowed)
+                if configuration.threads > allowed.count {
+                    configuration.logger.warning(
+                        "CPU affinity: \(configuration.threads) event loops share \(allowed.count) CPUs; only the first loop on each CPU is given new connections"
+                    )
+                }
             } else {
                 configuration.logger.warning("the CPUs this process may run on are unknown: event loops are not pinned")
             }
