@@ -1,5 +1,7 @@
 import Foundation
 import LengthEchoTestSupport
+import Logging
+import Synchronization
 import Testing
 
 @testable import LengthEcho
@@ -47,6 +49,45 @@ struct CPUAffinityTests {
         #expect(sample(scraped, "length_echo_event_loop_connections_total{loop=\"0\"}") == 4, "\(scraped)")
     }
 
+    @Test(
+        "a loop that takes nearly every connection is warned about once, from the server's own check",
+        .enabled(if: allowedCPUs.count >= 2, "needs two CPUs"), .timeLimit(.minutes(1)))
+    func oneLoopTakingEverythingIsWarnedAbout() async throws {
+        let warnings = WarningLines()
+        let server = try await startServer { configuration in
+            configuration.cpuAffinity = true
+            configuration.loopBalanceInterval = .milliseconds(50)
+            configuration.loopBalanceMinimum = 20
+            configuration.logger = Logger(label: "test-server") { _ in warnings }
+        }
+        // As from a network card whose one receive queue is served by one CPU: every connection from that CPU.
+        let script =
+            "for i in $(seq 30); do exec 3<>/dev/tcp/127.0.0.1/\(server.port); printf 'x\\0' >&3; "
+            + "IFS= read -r -d '' reply <&3; exec 3<&-; done"
+        let made = try await blocking {
+            try run("/usr/bin/env", ["taskset", "-c", "\(allowedCPUs[0])", "bash", "-c", script])
+        }
+        #expect(made.status == 0, "\(made.output)")
+        let warning = await warnings.first(within: 10) { $0.contains("took") }
+        await server.shutdown()
+        // The server judges every 50 ms, so the verdict may come before all 30 connections are made.
+        #expect(warning?.hasPrefix("CPU affinity: event loop 0 took 100% of the last ") == true, "\(warning ?? "none")")
+        #expect(warnings.count { $0.contains("took") } == 1, "said once")
+    }
+
+    @Test("the balance verdict: 90% or more on one loop is said once, until a balanced verdict; too few waits")
+    func balanceVerdicts() {
+        var balance = LoopBalance(loops: 2, minimumConnections: 100)
+        #expect(balance.check(accepted: [60, 0]) == nil, "60 connections are too few to judge")
+        let warning = balance.check(accepted: [120, 0])
+        #expect(warning?.hasPrefix("CPU affinity: event loop 0 took 100% of the last 120 connections;") == true)
+        #expect(balance.check(accepted: [300, 10]) == nil, "still unbalanced: said already")
+        #expect(balance.check(accepted: [360, 60]) == nil, "balanced again (60 and 50)")
+        #expect(balance.check(accepted: [370, 160])?.contains("event loop 1 took 90% of the last 110") == true)
+        var one = LoopBalance(loops: 1, minimumConnections: 1)
+        #expect(one.check(accepted: [500]) == nil, "one loop has nothing to compare with")
+    }
+
     @Test("a kernel CPU list is read as the CPUs it names; anything else is not one")
     func cpuLists() {
         #expect(CPUSteering.parse(list: "0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11])
@@ -68,5 +109,51 @@ struct CPUAffinityTests {
                 I(code: 0x15, jumpIfTrue: 0, jumpIfFalse: 1, k: 5), I(code: 0x06, jumpIfTrue: 0, jumpIfFalse: 0, k: 1),
                 I(code: 0x06, jumpIfTrue: 0, jumpIfFalse: 0, k: CPUSteering.noLoop),
             ])
+    }
+}
+
+/// A log handler that keeps the warnings and lets a test wait, for a bounded time, for one.
+private final class WarningLines: LogHandler, @unchecked Sendable {
+    private let seen = Mutex<[String]>([])
+    private let stream: AsyncStream<String>
+    private let continuation: AsyncStream<String>.Continuation
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .warning
+
+    init() {
+        (self.stream, self.continuation) = AsyncStream.makeStream()
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        guard event.level >= .warning else { return }
+        self.seen.withLock { $0.append("\(event.message)") }
+        self.continuation.yield("\(event.message)")
+    }
+
+    /// How many warnings so far satisfy `matching`.
+    func count(_ matching: (String) -> Bool) -> Int {
+        self.seen.withLock { $0.filter(matching).count }
+    }
+
+    /// The first warning that satisfies `matching`, or nil if none comes within `seconds`. (One caller at a time.)
+    func first(within seconds: Int, _ matching: @escaping @Sendable (String) -> Bool) async -> String? {
+        await withTaskGroup(of: String?.self) { group in
+            group.addTask {
+                for await line in self.stream where matching(line) { return line }
+                return nil
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(seconds))
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
     }
 }

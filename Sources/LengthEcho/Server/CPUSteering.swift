@@ -110,3 +110,37 @@ enum CPUSteering {
         ).get()
     }
 }
+
+/// Under CPU affinity, how evenly new connections spread over the event loops: where one CPU receives every
+/// packet, one loop takes every connection, and the operator should hear of it once.
+struct LoopBalance {
+    /// A verdict needs at least this many connections since the last one.
+    let minimumConnections: Int
+    /// The loops' accepted counts at the last verdict (none at first).
+    private var last: [Int]
+    /// Whether the last verdict was "unbalanced" (said once, until a balanced verdict re-arms it).
+    private var unbalanced = false
+
+    init(loops: Int, minimumConnections: Int) {
+        self.last = Array(repeating: 0, count: loops)
+        self.minimumConnections = minimumConnections
+    }
+
+    /// Takes every loop's count of connections accepted so far; returns a warning when one loop took 90% or more
+    /// of the connections since the last verdict, unless the last verdict said so already.
+    mutating func check(accepted: [Int]) -> String? {
+        guard accepted.count >= 2, accepted.count == self.last.count else { return nil }
+        let taken = zip(accepted, self.last).map { $0 - $1 }
+        let total = taken.reduce(0, +)
+        // Too few to judge yet: keep counting from the same start.
+        guard total >= self.minimumConnections, total > 0 else { return nil }
+        self.last = accepted
+        let busiest = taken.indices.max { taken[$0] < taken[$1] } ?? 0
+        let wasUnbalanced = self.unbalanced
+        self.unbalanced = taken[busiest] * 10 >= total * 9
+        guard self.unbalanced, !wasUnbalanced else { return nil }
+        return "CPU affinity: event loop \(busiest) took \(taken[busiest] * 100 / total)% of the last \(total) "
+            + "connections; one CPU may be receiving every packet (a network card with one receive queue and no RPS): spread the "
+            + "receive work over the CPUs (RPS), or run without CPU affinity"
+    }
+}

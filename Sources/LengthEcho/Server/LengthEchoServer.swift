@@ -29,6 +29,8 @@ public final class LengthEchoServer: Sendable {
     private let ownsGroup: Bool
     private let metrics: ServerMetrics
     private let draining = Atomic<Bool>(false)
+    /// With CPU affinity: the periodic check of how evenly connections spread over the loops.
+    private let balanceWatch: RepeatedTask?
     /// Channels that live on the server's event loops and end with it (the status port): closed after the
     /// drain, before the loops stop.
     private let companions = Mutex<[any Channel]>([])
@@ -99,6 +101,7 @@ public final class LengthEchoServer: Sendable {
         group: any EventLoopGroup,
         ownsGroup: Bool,
         pinnedCPUs: [Int]?,
+        balanceWatch: RepeatedTask?,
         metrics: ServerMetrics
     ) {
         self.metrics = metrics
@@ -112,6 +115,7 @@ public final class LengthEchoServer: Sendable {
         self.group = group
         self.ownsGroup = ownsGroup
         self.pinnedCPUs = pinnedCPUs
+        self.balanceWatch = balanceWatch
     }
 
     /// Binds every configured address and starts accepting.
@@ -197,8 +201,29 @@ public final class LengthEchoServer: Sendable {
             group: group,
             ownsGroup: ownsGroup,
             pinnedCPUs: loopCPUs,
+            balanceWatch: loopCPUs == nil ? nil : Self.watchBalance(of: loopStates, configuration: configuration),
             metrics: metrics
         )
+    }
+
+    /// Every `loopBalanceInterval`, judges how evenly new connections spread over the loops (`LoopBalance`) and
+    /// warns once when one loop takes nearly all of them. Nil with one loop, or with passed sockets (each is
+    /// served by one loop anyway).
+    private static func watchBalance(
+        of loopStates: [NIOLoopBound<ServerLoopState>], configuration: ServerConfiguration
+    ) -> RepeatedTask? {
+        guard configuration.listeningSockets.isEmpty, loopStates.count >= 2, let loop = loopStates.first?.eventLoop
+        else { return nil }
+        let balance = NIOLoopBoundBox.makeBoxSendingValue(
+            LoopBalance(loops: loopStates.count, minimumConnections: configuration.loopBalanceMinimum), eventLoop: loop)
+        let logger = configuration.logger
+        let interval = configuration.loopBalanceInterval
+        return loop.scheduleRepeatedAsyncTask(initialDelay: interval, delay: interval) { _ in
+            let counts = loopStates.map { state in state.eventLoop.submit { state.value.accepted } }
+            return EventLoopFuture.whenAllSucceed(counts, on: loop).map { accepted in
+                if let warning = balance.value.check(accepted: accepted) { logger.warning("\(warning)") }
+            }
+        }
     }
 
     private static func bootstrap(
@@ -250,6 +275,7 @@ public final class LengthEchoServer: Sendable {
     /// connections close at once; connections still open after `drainTimeout` are closed.
     public func shutdown() async {
         self.draining.store(true, ordering: .relaxed)
+        self.balanceWatch?.cancel()
         for listener in self.listeners {
             try? await listener.close()
         }

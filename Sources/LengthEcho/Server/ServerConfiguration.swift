@@ -44,6 +44,10 @@ public struct ServerConfiguration: Sendable {
     /// (multi-queue NICs, RPS); where one CPU receives everything, that CPU's loop gets every connection. Applies
     /// when the server makes its own event loops, to the addresses it binds (not to passed sockets).
     public var cpuAffinity = false
+    /// With `cpuAffinity`: how often the spread of new connections over the loops is judged, and how many new
+    /// connections a verdict needs (`LoopBalance`).
+    var loopBalanceInterval: TimeAmount = .seconds(30)
+    var loopBalanceMinimum = 1000
     /// TLS on every connection when set; plaintext otherwise. Built once, shared by all connections.
     public var tls: TLSContext?
     /// A TLS peer that has not finished its handshake after this long is dropped.

@@ -70,6 +70,9 @@ final class ServerLoopState {
         self.metrics.connectionSeconds.recordNanoseconds((NIODeadline.now() - record.started).nanoseconds)
     }
 
+    /// How many connections this loop has taken: those that ended and those open.
+    var accepted: Int { self.ended.accepted + self.connections.count }
+
     /// This loop's totals: the connections that ended, and those still open as they stand now.
     func totals() -> ConnectionTotals {
         var totals = self.ended
