@@ -35,12 +35,7 @@ struct CPUAffinityTests {
         // Connections from a shell pinned to each CPU in turn, each one answered before the next is made. Without
         // steering the kernel spreads them over both loops by hash.
         for (cpu, count) in [(cpus[1], 10), (cpus[0], 4)] {
-            let script =
-                "for i in $(seq \(count)); do exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'x\\0' >&3; "
-                + "IFS= read -r -d '' reply <&3; [ \"$reply\" = '1 : x' ] || exit 1; exec 3<&-; done"
-            let made = try await blocking {
-                try run("/usr/bin/env", ["taskset", "-c", "\(cpu)", "bash", "-c", script])
-            }
+            let made = try await makeConnections(count, to: port, fromCPU: cpu)
             #expect(made.status == 0, "\(made.output)")
         }
         let scraped = try await blocking { try http("/metrics", port: status).body }
@@ -61,12 +56,7 @@ struct CPUAffinityTests {
             configuration.logger = Logger(label: "test-server") { _ in warnings }
         }
         // As from a network card whose one receive queue is served by one CPU: every connection from that CPU.
-        let script =
-            "for i in $(seq 30); do exec 3<>/dev/tcp/127.0.0.1/\(server.port); printf 'x\\0' >&3; "
-            + "IFS= read -r -d '' reply <&3; exec 3<&-; done"
-        let made = try await blocking {
-            try run("/usr/bin/env", ["taskset", "-c", "\(allowedCPUs[0])", "bash", "-c", script])
-        }
+        let made = try await makeConnections(30, to: server.port, fromCPU: allowedCPUs[0])
         #expect(made.status == 0, "\(made.output)")
         let warning = await warnings.first(within: 10) { $0.contains("took") }
         await server.shutdown()
@@ -110,6 +100,17 @@ struct CPUAffinityTests {
                 I(code: 0x06, jumpIfTrue: 0, jumpIfFalse: 0, k: CPUSteering.noLoop),
             ])
     }
+}
+
+/// `count` connections to 127.0.0.1:`port`, one after another, from a shell pinned to `cpu` (so the kernel receives
+/// each on that CPU): each sends `x` and reads its reply (the shell exits 1 on a wrong one) before the next.
+private func makeConnections(
+    _ count: Int, to port: Int, fromCPU cpu: Int
+) async throws -> (status: Int32, output: String) {
+    let script =
+        "for i in $(seq \(count)); do exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'x\\0' >&3; "
+        + "IFS= read -r -d '' reply <&3; [ \"$reply\" = '1 : x' ] || exit 1; exec 3<&-; done"
+    return try await blocking { try run("/usr/bin/env", ["taskset", "-c", "\(cpu)", "bash", "-c", script]) }
 }
 
 /// A log handler that keeps the warnings and lets a test wait, for a bounded time, for one.
