@@ -265,36 +265,36 @@ OURS_64K_CPU=$LAST_CPU
 stop "$OURS_TLS_PID"  # one server at a time: the TLS fronts below have only the plaintext backend behind them
 
 # The optional settings, each against the default, alternating.
-SERVER_FLAGS=()
-full_handshakes_of_new_server() {  # one measurement of a TLS server started for it: "$@" before it, SERVER_FLAGS after
-    start ours-tls-variant "$@" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000 "${SERVER_FLAGS[@]}"
+full_handshakes_of_new_server() {  # [PREFIX...] [-- FLAGS...]: one measurement of a TLS server started for it
+    local prefix=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do prefix+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    start ours-tls-variant "${prefix[@]}" "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --key "$KEY" --host 127.0.0.1 --port "$OURS_TLS" --max-connections 100000 "$@"
     local pid=$LAST_PID
     wait_port "$OURS_TLS"
     measure "" "" "$pid" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
     stop "$pid"
 }
+by_default() { full_handshakes_of_new_server; }
+# optional_cell SERVER NOTE B: full handshakes with a setting (the function B) against the default, alternating; adds
+# B's row (SERVER, NOTE, the default's figure) and leaves the default's and B's figures in ALT_A_CPU and ALT_B_CPU.
+optional_cell() {
+    echo "bench.sh: $1 against the default, alternating" >&2
+    alternate by_default "$3"
+    add_row "TLS 1.3 full handshake per request" "$1" "$ALT_B_RPS" "$ALT_B_CPU" "n/a" "0" \
+        "${2:+$2; }two runs each, alternating with the default: $ALT_A_CPU µs without"
+}
 # --cpu-affinity: loops pinned to CPUs, each connection taken by the loop on the CPU that received it.
-echo "bench.sh: length-echo with --cpu-affinity and without, alternating" >&2
-default_flags() { SERVER_FLAGS=(); full_handshakes_of_new_server; }
-affinity_flags() { SERVER_FLAGS=(--cpu-affinity); full_handshakes_of_new_server; SERVER_FLAGS=(); }
-alternate default_flags affinity_flags
+with_affinity() { full_handshakes_of_new_server -- --cpu-affinity; }
+optional_cell "length-echo --cpu-affinity (optional)" "" with_affinity
 UNPINNED_FULL_CPU=$ALT_A_CPU
 AFFINITY_FULL_CPU=$ALT_B_CPU
-add_row "TLS 1.3 full handshake per request" "length-echo --cpu-affinity (optional)" \
-    "$ALT_B_RPS" "$AFFINITY_FULL_CPU" "n/a" "0" \
-    "two runs each, alternating with the default: $UNPINNED_FULL_CPU µs without"
-
 if [ -n "$TCMALLOC" ]; then
-    # Optional: Debian's tcmalloc under the whole process (LD_PRELOAD; see the README), against glibc's malloc.
-    echo "bench.sh: length-echo with tcmalloc (LD_PRELOAD) and without, alternating" >&2
-    with_glibc() { full_handshakes_of_new_server; }
+    # Debian's tcmalloc under the whole process (LD_PRELOAD; see the README), against glibc's malloc.
     with_tcmalloc() { full_handshakes_of_new_server env LD_PRELOAD="$TCMALLOC"; }
-    alternate with_glibc with_tcmalloc
+    optional_cell "length-echo + tcmalloc (optional)" "LD_PRELOAD=$TCMALLOC" with_tcmalloc
     GLIBC_FULL_CPU=$ALT_A_CPU
     TC_FULL_CPU=$ALT_B_CPU
-    add_row "TLS 1.3 full handshake per request" "length-echo + tcmalloc (optional)" \
-        "$ALT_B_RPS" "$TC_FULL_CPU" "n/a" "0" \
-        "LD_PRELOAD=$TCMALLOC; two runs each, alternating with glibc's malloc: $GLIBC_FULL_CPU µs with glibc's"
 fi
 
 if [ -n "$PEER" ]; then
