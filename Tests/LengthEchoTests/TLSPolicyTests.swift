@@ -120,12 +120,14 @@ struct TLSPolicyTests {
         ])
         defer { server.terminate() }
         #expect(server.stderr.contains("warning: --tls-keylog"), "it says that the keys are written")
-        // Writing the capture, and printing one line per packet (its FIN flag), so the test can wait for the end.
+        // Writing the capture, and printing one line per packet, so the test can wait for the end. Other tests'
+        // connections can carry the same port number: a balancer's frontend on 127.0.0.77 (when a balancer test
+        // ran with the same port and HAProxy probed it, the capture had both connections and stream 0 was the
+        // other one). So the test follows only the streams opened to the server, and waits until each is closed.
         let tshark = try Executable(
             "/usr/bin/tshark",
-            [
-                "-i", "lo", "-f", "tcp port \(port)", "-w", capture, "-P", "-l", "-T", "fields", "-e", "tcp.flags.fin",
-            ])
+            ["-i", "lo", "-f", "tcp port \(port)", "-w", capture, "-P", "-l", "-T", "fields"]
+                + CapturedStreams.fields.flatMap { ["-e", $0] })
         defer { tshark.terminate(signal: SIGKILL) }
         await tshark.wait(seconds: 20) { $0.stderr.contains("Capture started") || !$0.isRunning }
         try #require(tshark.isRunning, "tshark did not start: \(tshark.stderr)")
@@ -137,18 +139,21 @@ struct TLSPolicyTests {
             ])
         #expect(await client.exitStatus() == 0, "\(client.stderr)")
         #expect(client.stderr.contains("warning: --tls-keylog"))
-        // Both FINs captured (packets reach tshark in blocks, a moment later), then it stops and writes the file.
-        await tshark.wait(seconds: 20) {
-            $0.stdout.split(separator: "\n").filter { $0 == "1" || $0 == "True" }.count >= 2 || !$0.isRunning
-        }
+        // Every stream to the server closed (packets reach tshark in blocks, a moment later): then it stops and
+        // writes the file.
+        await tshark.wait(seconds: 20) { CapturedStreams($0.stdout, port: port).allClosed || !$0.isRunning }
         tshark.terminate(signal: SIGTERM)
         _ = await tshark.exitStatus()
+        let streams = CapturedStreams(tshark.stdout, port: port)
+        try #require(!streams.toServer.isEmpty, "no connection to the server captured: \(tshark.stdout)")
         let follow: @Sendable (String?) throws -> String = { keys in
-            try run(
-                "/usr/bin/tshark",
-                ["-r", capture, "-d", "tcp.port==\(port),tls", "-q", "-z", "follow,tls,ascii,0"]
-                    + (keys.map { ["-o", "tls.keylog_file:\($0)"] } ?? [])
-            ).output
+            try streams.toServer.map { stream in
+                try run(
+                    "/usr/bin/tshark",
+                    ["-r", capture, "-d", "tcp.port==\(port),tls", "-q", "-z", "follow,tls,ascii,\(stream)"]
+                        + (keys.map { ["-o", "tls.keylog_file:\($0)"] } ?? [])
+                ).output
+            }.joined()
         }
         let decrypted = try await blocking { try follow(serverKeys) }
         #expect(
@@ -354,4 +359,29 @@ struct TLSPolicyTests {
         #expect(await wrong.exitStatus() != 0)
         #expect(wrong.stderr.contains("the server's public key is not one this client pins"), "\(wrong.stderr)")
     }
+}
+
+/// What tshark printed, a line per packet with `fields`: the TCP streams opened to 127.0.0.1:`port` (their SYN
+/// went there), and whether each has been closed (two FINs, or a reset).
+private struct CapturedStreams {
+    static let fields = [
+        "tcp.stream", "ip.dst", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack", "tcp.flags.fin", "tcp.flags.reset",
+    ]
+    private(set) var toServer: [Int] = []
+    private var closed: Set<Int> = []
+
+    init(_ lines: String, port: Int) {
+        var fins: [Int: Int] = [:]
+        for line in lines.split(separator: "\n") {
+            let field = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            guard field.count == Self.fields.count, let stream = Int(field[0]) else { continue }
+            let flag = { (index: Int) in field[index] == "1" || field[index] == "True" }
+            let opening = flag(3) && !flag(4) && field[1] == "127.0.0.1" && field[2] == "\(port)"
+            if opening && !self.toServer.contains(stream) { self.toServer.append(stream) }
+            if flag(5) { fins[stream, default: 0] += 1 }
+            if flag(5) && fins[stream, default: 0] >= 2 || flag(6) { self.closed.insert(stream) }
+        }
+    }
+
+    var allClosed: Bool { !self.toServer.isEmpty && self.toServer.allSatisfy { self.closed.contains($0) } }
 }
