@@ -51,8 +51,9 @@ struct CertificateIdentity {
     var uris: [String] = []
     var publicKeySHA256: [UInt8] = []
 
-    /// - Parameter digest: SHA-256 as fetched from the provider (nil: OpenSSL's built-in `EVP_sha256()`).
-    init(_ certificate: OpaquePointer, digest: OpaquePointer? = nil) {
+    /// - Parameter digest: SHA-256 as fetched from the provider once per context (nil if that fetch failed:
+    ///   then OpenSSL's built-in `EVP_sha256()`).
+    init(_ certificate: OpaquePointer, digest: OpaquePointer?) {
         if let subject = X509_get_subject_name(certificate) {
             var index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1)
             while index >= 0 {
@@ -131,9 +132,9 @@ extension String {
     }
 }
 
-/// OpenSSL's verify callback for contexts with an identity policy: at the leaf (depth 0), once the chain has
-/// verified, the leaf must match the policy; otherwise the handshake fails with an alert, and the connection
-/// remembers what was refused for its error.
+/// OpenSSL's verify callback for contexts with an identity policy (or that accept stale CRLs): at the leaf
+/// (depth 0), once the chain has verified, the leaf must match the policy; otherwise the handshake fails with an
+/// alert, and the connection remembers what was refused for its error.
 func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> Int32 {
     guard let store, let connection = connection(verifying: store) else { return preverified }
     // A CRL past its next update, accepted when the server was told to (it warned at start).
@@ -141,11 +142,13 @@ func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> In
         X509_STORE_CTX_set_error(store, X509_V_OK)
         return 1
     }
-    guard preverified == 1, X509_STORE_CTX_get_error_depth(store) == 0,
+    // The leaf, once its chain has verified, against the policy (a context can have a callback for stale CRLs
+    // alone: then nothing is read from the certificate).
+    guard preverified == 1, X509_STORE_CTX_get_error_depth(store) == 0, let policy = connection.identityPolicy,
         let certificate = X509_STORE_CTX_get_current_cert(store)
     else { return preverified }
     let identity = CertificateIdentity(certificate, digest: connection.identityDigest)
-    guard let policy = connection.identityPolicy, !identity.allowed(by: policy) else { return 1 }
+    guard !identity.allowed(by: policy) else { return 1 }
     connection.refusedIdentity = identity.description
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
     return 0
