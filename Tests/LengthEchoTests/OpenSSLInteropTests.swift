@@ -54,16 +54,9 @@ struct OpenSSLInteropTests {
         let certificates = try await TestCertificates.main.value
         let context = try certificates.serverContext()
         let server = try await startServer { $0.tls = context }
-        let port = server.port
         // SECLEVEL=0 lets s_client itself offer TLS 1.1, so the refusal is our server's.
-        let result = try await blocking {
-            try run(
-                "/bin/sh",
-                [
-                    "-c",
-                    "timeout 10 openssl s_client -connect 127.0.0.1:\(port) -tls1_1 -cipher 'DEFAULT@SECLEVEL=0' </dev/null 2>&1",
-                ])
-        }
+        let result = try await LengthEchoTests.sClient(
+            port: server.port, ca: certificates.ca, sending: "", "-tls1_1 -cipher 'DEFAULT@SECLEVEL=0'", errors: true)
         #expect(result.status != 0)
         #expect(result.output.contains("alert protocol version"), "\(result.output)")
         await server.shutdown()

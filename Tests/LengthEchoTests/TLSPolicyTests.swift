@@ -121,9 +121,9 @@ struct TLSPolicyTests {
         defer { server.terminate() }
         #expect(server.stderr.contains("warning: --tls-keylog"), "it says that the keys are written")
         // Writing the capture, and printing one line per packet, so the test can wait for the end. Other tests'
-        // connections can carry the same port number: a balancer's frontend on 127.0.0.77 (when a balancer test
-        // ran with the same port and HAProxy probed it, the capture had both connections and stream 0 was the
-        // other one). So the test follows only the streams opened to the server, and waits until each is closed.
+        // connections can carry the same port number (a balancer's frontend on 127.0.0.77, say): once in CI the
+        // capture had a second connection, and it was stream 0. So the test follows only the streams opened to
+        // the server, and waits until each is closed.
         let tshark = try Executable(
             "/usr/bin/tshark",
             ["-i", "lo", "-f", "tcp port \(port)", "-w", capture, "-P", "-l", "-T", "fields"]
