@@ -1,8 +1,11 @@
 import Foundation
-import LengthEcho
 import LengthEchoCore
 import LengthEchoTestSupport
+import NIOCore
 import Testing
+
+@testable import LengthEcho
+@testable import LengthEchoTLS
 
 /// The one line the server logs when a connection ends.
 @Suite("One line per connection", .timeLimit(.minutes(1)))
@@ -33,6 +36,21 @@ struct ConnectionLogTests {
         #expect((line["duration_s"] as? Double).map { $0 >= 0 && $0 < 30 } == true)
         #expect(line["end"] as? String == "client-closed")
         #expect(line["time"] is String && line["level"] as? String == "info")
+    }
+
+    @Test("a line with every field has them in the order of the field names, which the log handler sorts by")
+    func fieldOrder() throws {
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: 1)
+        let summary = ConnectionSummary(
+            peer: address, via: address,
+            tls: TLSConnectionInfo(
+                version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", resumed: false, alpn: "length-echo",
+                peerSubject: "CN = c", peerNotAfter: nil),
+            messages: 1, bytesIn: 2, bytesOut: 3, duration: .milliseconds(4), end: .clientClosed, detail: "d",
+            isHealthCheck: false)
+        var names: [String] = []
+        summary.forEachField { name, _ in names.append(name) }
+        #expect(names == ConnectionSummary.fieldNames)
     }
 
     @Test("a failed handshake and a plaintext client on the TLS port say so")
