@@ -248,20 +248,27 @@ start ours-tls "$BIN/server" --quiet --log-level error --tls --cert "$CERT" --ke
 OURS_TLS_PID=$LAST_PID
 wait_port "$OURS_TLS"
 TLSARGS=(--tls --ca "$CA" --server-name localhost)
-CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-OURS_FULL_CPU=$LAST_CPU
-CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
-OURS_RESUMED_CPU=$LAST_CPU
+# tls13_cells SERVER PID PORT PREFIX: the TLS 1.3 cells every TLS server here is compared on (full and resumed
+# handshakes per request, persistent 11 B and 64 KiB); sets PREFIX_FULL_CPU, PREFIX_RESUMED_CPU,
+# PREFIX_TLS_PERSISTENT(_CPU) and PREFIX_64K_RPS/_CPU.
+tls13_cells() {
+    local server="$1" pid="$2" port="$3" prefix="$4"
+    CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "$server" "$pid" "" --port "$port" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
+    printf -v "${prefix}_FULL_CPU" '%s' "$LAST_CPU"
+    CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "$server" "$pid" "" --port "$port" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
+    printf -v "${prefix}_RESUMED_CPU" '%s' "$LAST_CPU"
+    CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "$server" "$pid" "" --port "$port" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
+    printf -v "${prefix}_TLS_PERSISTENT" '%s' "$LAST_RPS"
+    printf -v "${prefix}_TLS_PERSISTENT_CPU" '%s' "$LAST_CPU"
+    CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "$server" "$pid" "" --port "$port" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
+    printf -v "${prefix}_64K_RPS" '%s' "$LAST_RPS"
+    printf -v "${prefix}_64K_CPU" '%s' "$LAST_CPU"
+}
+tls13_cells "length-echo" "$OURS_TLS_PID" "$OURS_TLS" OURS
 CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.2 full handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" --tls-max 1.2 -c "$CONNECTIONS" --mode per-request --no-resume
 OURS_FULL12_CPU=$LAST_CPU
 measure "TLS 1.2 resumed handshake per request" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" --tls-max 1.2 -c "$CONNECTIONS" --mode per-request --resume
 OURS_RESUMED12_CPU=$LAST_CPU
-CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
-OURS_TLS_PERSISTENT=$LAST_RPS
-OURS_TLS_PERSISTENT_CPU=$LAST_CPU
-CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "length-echo" "$OURS_TLS_PID" "" --port "$OURS_TLS" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
-OURS_64K_RPS=$LAST_RPS
-OURS_64K_CPU=$LAST_CPU
 stop "$OURS_TLS_PID"  # one server at a time: the TLS fronts below have only the plaintext backend behind them
 
 # The optional settings, each against the default, alternating.
@@ -311,15 +318,7 @@ if [ -n "$PEER" ]; then
     start peer-tls "$PEER" "$PEER_PORT" "$CERT" "$KEY"
     PEER_PID=$LAST_PID
     wait_port "$PEER_PORT"
-    CELL_FLOOR_US="$FLOOR_US" measure "TLS 1.3 full handshake per request" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --no-resume
-    PEER_FULL_CPU=$LAST_CPU
-    CELL_FLOOR_US="$RESUMED_FLOOR_US" measure "TLS 1.3 resumed handshake per request" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode per-request --resume
-    CELL_FLOOR_US="$(aes_floor 11)" measure "TLS 1.3 persistent, 11 B" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent
-    PEER_TLS_PERSISTENT=$LAST_RPS
-    PEER_TLS_PERSISTENT_CPU=$LAST_CPU
-    CELL_FLOOR_US="$(aes_floor 65536)" measure "TLS 1.3 persistent, 64 KiB" "$PEER_NAME" "$PEER_PID" "" --port "$PEER_PORT" "${TLSARGS[@]}" -c "$CONNECTIONS" --mode persistent --size 65536
-    PEER_64K_RPS=$LAST_RPS
-    PEER_64K_CPU=$LAST_CPU
+    tls13_cells "$PEER_NAME" "$PEER_PID" "$PEER_PORT" PEER
     stop "$PEER_PID"
 fi
 
