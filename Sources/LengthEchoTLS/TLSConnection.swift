@@ -43,6 +43,8 @@ final class TLSConnection {
     private let hasCertificate: Bool
     /// The host name or address the client connected to and verifies (client role).
     private let expectedHost: String?
+    /// Whether an SSL call failed (a fatal alert, sent or received): the session is not to be kept.
+    private var failed = false
     /// What the peer's certificate claimed when the identity policy refused it (for the error).
     var refusedIdentity: String?
     /// The identities accepted beyond the CA's verification (the context's), if any.
@@ -87,6 +89,13 @@ final class TLSConnection {
     }
 
     deinit {
+        // A finished handshake whose connection then ended without close_notify (the peer closed abruptly, or we
+        // closed at a deadline) is not a bad session: marked shut down, it stays in the server's session cache
+        // for TLS 1.2 clients that resume by session ID, where OpenSSL would drop it. A fatal alert has removed
+        // it from the cache already.
+        if SSL_is_init_finished(self.ssl) == 1 && !self.failed {
+            SSL_set_shutdown(self.ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
+        }
         SSL_free(self.ssl)
     }
 
@@ -234,6 +243,7 @@ final class TLSConnection {
         case SSL_ERROR_ZERO_RETURN:
             return .closed
         default:
+            self.failed = true
             return .failed(OpenSSLErrors.drain())
         }
     }
@@ -427,7 +437,7 @@ final class TLSConnection {
             return ("the server requires ALPN \(ALPN.protocolName), which was not offered (\(text))", nil)
         }
         if !isClient && entries.contains(anyOf: SSL_R_NO_APPLICATION_PROTOCOL) {
-            return ("the client's ALPN did not offer \(ALPN.protocolName), which this server requires (\(text))", nil)
+            return ("the client's ALPN did not offer \(ALPN.protocolName), the one protocol this server speaks (\(text))", nil)
         }
         if !isClient && entries.contains(anyOf: SSL_R_CALLBACK_FAILED) {
             // The one ClientHello callback: ALPN required, and the client sent none.

@@ -1,8 +1,9 @@
 internal import COpenSSL
 
-/// ALPN: the server offers `length-echo` and, when told to, refuses clients that offer something else or
-/// nothing (with the `no_application_protocol` alert); the client always sends `length-echo`. A shared :443
-/// front (nginx `ssl_preread`, HAProxy) can route on it.
+/// ALPN: the server speaks `length-echo` and refuses a client whose ALPN list does not offer it (with the
+/// `no_application_protocol` alert, as RFC 7301 section 3.2 says it SHALL); a client that sends no ALPN at all is
+/// served unless ALPN is required. The client always sends `length-echo`. A shared :443 front (nginx
+/// `ssl_preread`, HAProxy) can route on it.
 public enum ALPN {
     /// The protocol name length-echo uses in ALPN.
     public static let protocolName = "length-echo"
@@ -19,11 +20,11 @@ public enum ALPN {
 }
 
 extension TLSContext {
-    /// Server role: offers `length-echo`; with `required`, a client that offers anything else, or no ALPN at
-    /// all, gets the `no_application_protocol` alert. Also installs the ClientHello callback (see
+    /// Server role: speaks `length-echo`; a client that offers only other protocols, or (with `required`) no ALPN
+    /// at all, gets the `no_application_protocol` alert. Also installs the ClientHello callback (see
     /// `serverClientHello`), which OpenSSL allows one of per context.
     func offerALPN(required: Bool, on ctx: OpaquePointer) {
-        SSL_CTX_set_alpn_select_cb(ctx, alpnSelect, required ? UnsafeMutableRawPointer(bitPattern: 1) : nil)
+        SSL_CTX_set_alpn_select_cb(ctx, alpnSelect, nil)
         SSL_CTX_set_client_hello_cb(ctx, serverClientHello, required ? UnsafeMutableRawPointer(bitPattern: 1) : nil)
     }
 
@@ -34,8 +35,8 @@ extension TLSContext {
     }
 }
 
-/// Picks `length-echo` from what the client offers; otherwise continues without ALPN, or (required: `arg` set)
-/// fails the handshake with `no_application_protocol`.
+/// Picks `length-echo` from what the client offers; a list without it fails the handshake with
+/// `no_application_protocol` (RFC 7301 3.2), whether or not ALPN is required.
 private func alpnSelect(
     _ ssl: OpaquePointer?,
     _ out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
@@ -52,7 +53,7 @@ private func alpnSelect(
         out?.pointee = UnsafePointer(selected)
         return SSL_TLSEXT_ERR_OK
     }
-    return arg == nil ? SSL_TLSEXT_ERR_NOACK : SSL_TLSEXT_ERR_ALERT_FATAL
+    return SSL_TLSEXT_ERR_ALERT_FATAL
 }
 
 /// The server's ClientHello callback, before any cipher is chosen:

@@ -21,7 +21,8 @@ public enum TLSVersion: String, Sendable, CaseIterable {
 public enum ClientAuthentication: String, Sendable, CaseIterable {
     /// No client certificate is asked for.
     case none
-    /// A certificate is asked for and verified if sent; clients without one are still served.
+    /// A certificate is asked for and verified if sent; clients without one are still served, unless the server
+    /// has an allow list of client identities (which no absent certificate can match).
     case optional
     /// Clients without a valid certificate are refused in the handshake.
     case required
@@ -210,11 +211,14 @@ public final class TLSContext: @unchecked Sendable {
                 )
             }
             SSL_CTX_set_client_CA_list(ctx, names)
+            // An allow list needs a certificate to match: with one, a client that sends none is refused even when
+            // client authentication is optional (sending nothing must not beat sending the wrong identity).
             let mode =
-                clientAuthentication == .required ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
+                clientAuthentication == .required || context.identityPolicy != nil
+                ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
             if let revocation {
                 context.revocation = revocation
-                context.staleCRLs = try context.useCRLs(revocation, on: ctx)
+                context.staleCRLs = try context.useCRLs(revocation, issuedBy: clientCA, on: ctx)
             }
             SSL_CTX_set_verify(ctx, mode, context.needsVerifyCallback ? identityVerifyCallback : nil)
         }

@@ -49,9 +49,17 @@ public final class TLSHandler: ChannelDuplexHandler {
         var receivedAny = false
     }
 
-    /// The first byte of every TLS handshake record, and of an alert.
-    private static let handshakeRecord: UInt8 = 0x16
-    private static let alertRecord: UInt8 = 0x15
+    /// Whether a connection's first bytes look like TLS: a record of a type TLS has (change_cipher_spec, alert,
+    /// handshake, application_data, heartbeat), or an SSLv2-format ClientHello (a 2-byte length with the top bit
+    /// set, then message type 1). OpenSSL answers those, with an alert where it refuses them, as `openssl s_server`
+    /// does; anything else is a plaintext client, told so in the protocol's own form.
+    static func looksLikeTLS(_ bytes: ByteBuffer) -> Bool {
+        guard let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self) else { return true }
+        if (0x14...0x18).contains(first) { return true }
+        guard first & 0x80 != 0 else { return false }
+        guard let type = bytes.getInteger(at: bytes.readerIndex + 2, as: UInt8.self) else { return true }
+        return type == 1
+    }
     /// How long a refused peer gets to read why before the connection closes.
     static let lingerTime: TimeAmount = .seconds(2)
 
@@ -239,9 +247,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             if !handshake.receivedAny {
                 handshake.receivedAny = true
                 self.state = .handshaking(handshake)
-                if let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self),
-                    first != Self.handshakeRecord && first != Self.alertRecord
-                {
+                if !Self.looksLikeTLS(bytes) {
                     self.notTLS(bytes, context: context)
                     return
                 }

@@ -86,14 +86,17 @@ let ticketKeyCallback:
             else { return -1 }
             return 1
         }
-        // 0: not ours (an old or foreign ticket): a full handshake. 2: valid, but issue a fresh ticket.
+        // 0: not ours (an old or foreign ticket): a full handshake. 1: valid, no new ticket. 2: valid, and issue a
+        // fresh ticket: always in TLS 1.3, whose clients use each ticket once (RFC 8446 C.4; with a callback,
+        // OpenSSL 3.0 sends a ticket after a resumption only for 2), and in TLS 1.2 for a ticket under the
+        // previous key.
         guard let (key, current) = keys.forAccepting(name: Array(UnsafeBufferPointer(start: keyName, count: 16))) else {
             return 0
         }
         guard setMACKey(key.macKey, on: macContext),
             EVP_DecryptInit_ex(cipherContext, keys.cipher, nil, key.cipherKey, iv) == 1
         else { return -1 }
-        return current ? 1 : 2
+        return current && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2
     }
 
 /// HMAC-SHA256 with `key`, as the ticket's MAC.

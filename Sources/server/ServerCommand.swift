@@ -161,7 +161,10 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Flag(
         name: .customLong("alpn-required"),
-        help: "With --tls: refuse clients whose ALPN does not offer length-echo (no_application_protocol alert).")
+        help: """
+            With --tls: refuse clients that send no ALPN too (no_application_protocol alert); an ALPN list without \
+            length-echo is always refused.
+            """)
     var alpnRequired = false
 
     @Option(
