@@ -90,7 +90,7 @@ struct StatusTests {
         server.terminate()
         await server.wait(seconds: 10) { $0.stderr.contains("draining") || !$0.isRunning }
         let draining = try await blocking { try http("/readyz", port: status) }
-        #expect(draining.status == 503 && draining.body == "draining\n")
+        #expect(draining.status == 503 && draining.body == "draining\n", "\(draining)")
         #expect(try await blocking { try http("/healthz", port: status).status } == 200, "alive while it drains")
         try await blocking { try holder.write(bytes("age") + [0]) }
         #expect(try await blocking { try holder.readReplyText() } == "14 : half a message")

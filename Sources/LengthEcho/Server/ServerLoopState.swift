@@ -122,6 +122,15 @@ final class ServerLoopState {
     private func giveBackMemoryAfterAFlood() {
         guard self.peak >= 1000, self.connections.count < self.peak / 4 else { return }
         self.peak = self.connections.count
+        Memory.giveBack()
+    }
+}
+
+/// The process's heap.
+enum Memory {
+    /// Hands memory freed after a flood back to the system: glibc keeps it in its arenas otherwise, and the
+    /// process stays as large as the flood made it.
+    static func giveBack() {
         _ = Self.mallocTrim?(0)
     }
 

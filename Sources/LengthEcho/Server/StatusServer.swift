@@ -2,6 +2,7 @@ import LengthEchoCore
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// The status port: HTTP/1.1 on the server's own event loops, for balancers, orchestrators and Prometheus.
 ///
@@ -10,8 +11,13 @@ import NIOPosix
 ///   balancer stops sending before the listeners close) and while the cap is reached.
 /// - `GET /metrics`: what `metrics` returns (the executable: Prometheus text from swift-prometheus), after the
 ///   server's counts are published, so a scrape sees every message answered before it.
-/// - Other paths 404, other methods 405; a request NIO cannot parse gets 400 and its connection closes; a
-///   connection that sends nothing for 30 s is closed. HEAD is answered like GET, without the body.
+/// - Other paths 404, other methods 405; a request NIO cannot parse gets 400 and its connection closes; a request
+///   with a body gets 413. HEAD is answered like GET, without the body. The target may be in origin form
+///   (`/metrics`) or absolute form (`http://host/metrics`, RFC 9112 3.2.2).
+///
+/// Its own limits (`StatusLimits`): at most 64 connections (more get 503 and are closed at once), a head of at most
+/// 8 KiB and 100 fields (431), a head complete within 5 s of its first byte (408), 30 s idle between requests,
+/// and 10 s to write each response; every way a status connection can end has a deadline.
 public final class StatusServer: Sendable {
     private let channel: any Channel
     /// Where it listens.
@@ -32,6 +38,7 @@ public final class StatusServer: Sendable {
         host: String,
         port: Int,
         metricsContentType: String = StatusServer.prometheusContentType,
+        limits: StatusLimits = StatusLimits(),
         metrics: @escaping @Sendable () async -> [UInt8]
     ) async throws(LengthEchoError) -> StatusServer {
         let address: SocketAddress
@@ -41,13 +48,20 @@ public final class StatusServer: Sendable {
             throw .bindFailed(host: host, port: port, reason: .hostNotFound)
         }
         let routes = StatusRoutes(server: server, metricsContentType: metricsContentType, metrics: metrics)
+        let admission = StatusAdmission(limit: limits.maximumConnections)
         do {
             let channel = try await ServerBootstrap(group: server.group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let pipeline = channel.pipeline.syncOperations
-                        try pipeline.addHandler(IdleStateHandler(readTimeout: .seconds(30)))
+                        guard admission.admit() else {
+                            try pipeline.addHandler(BusyRejectHandler(refusal: StatusAdmission.refusal))
+                            return
+                        }
+                        // The one place a status connection's slot is given back.
+                        channel.closeFuture.whenComplete { _ in admission.release() }
+                        try pipeline.addHandler(StatusConnectionHandler(limits: limits))
                         try pipeline.configureHTTPServerPipeline(withErrorHandling: true)
                         try pipeline.addHandler(StatusHandler(routes: routes))
                     }
@@ -81,9 +95,23 @@ struct StatusRoutes: Sendable {
         var allow: String?
     }
 
-    func respond(method: HTTPMethod, path: String) async -> Response {
+    /// The path of a request target: origin form (`/metrics?x`) or absolute form (`http://host/metrics`, which
+    /// RFC 9112 3.2.2 requires a server to accept), without its query.
+    static func path(of target: String) -> Substring {
+        var rest = Substring(target)
+        for scheme in ["http://", "https://"] where rest.lowercased().hasPrefix(scheme) {
+            rest = rest.dropFirst(scheme.count)
+            guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }), rest[slash] == "/" else {
+                return "/"
+            }
+            rest = rest[slash...]
+        }
+        return rest.prefix { $0 != "?" }
+    }
+
+    func respond(method: HTTPMethod, path: Substring) async -> Response {
         let known = ["/healthz", "/readyz", "/metrics"]
-        guard known.contains(path) else { return Response(status: .notFound, body: Array("not found\n".utf8)) }
+        guard known.contains(String(path)) else { return Response(status: .notFound, body: Array("not found\n".utf8)) }
         guard method == .GET || method == .HEAD else {
             return Response(status: .methodNotAllowed, body: Array("use GET\n".utf8), allow: "GET, HEAD")
         }
@@ -103,69 +131,37 @@ struct StatusRoutes: Sendable {
     }
 }
 
-/// One status connection: a request at a time, answered in order; keep-alive as the client asks.
-final class StatusHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
 
-    private let routes: StatusRoutes
-    private var head: HTTPRequestHead?
+/// The status port's connection cap: a count of open status connections, apart from the main port's.
+final class StatusAdmission: Sendable {
+    private let tracker: ConnectionTracker
+    /// Connections refused since memory was last given back.
+    private let refused = Atomic<Int>(0)
 
-    init(routes: StatusRoutes) {
-        self.routes = routes
+    /// What a connection over the cap gets before it is closed.
+    static let refusal: ByteBuffer = {
+        let body = "too many status connections; try again later\n"
+        return ByteBuffer(
+            string: "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                + "content-length: \(body.utf8.count)\r\nretry-after: 1\r\nconnection: close\r\n\r\n\(body)")
+    }()
+
+    init(limit: Int) {
+        self.tracker = ConnectionTracker(limit: limit)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch self.unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-        case .body:
-            break  // no route takes a body
-        case .end:
-            guard let head = self.head else { return }
-            self.head = nil
-            let path = String(head.uri.prefix { $0 != "?" })
-            let routes = self.routes
-            let method = head.method
-            let response = context.eventLoop.makeFutureWithTask { await routes.respond(method: method, path: path) }
-            response.assumeIsolated().whenSuccess { response in
-                self.write(response, for: head, context: context)
-            }
-        }
+    func admit() -> Bool {
+        if self.tracker.admit() { return true }
+        self.refused.add(1, ordering: .relaxed)
+        return false
     }
 
-    private func write(_ response: StatusRoutes.Response, for request: HTTPRequestHead, context: ChannelHandlerContext)
-    {
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: response.contentType)
-        headers.add(name: "content-length", value: "\(response.body.count)")
-        if let allow = response.allow { headers.add(name: "allow", value: allow) }
-        let keepAlive = request.isKeepAlive
-        if !keepAlive { headers.add(name: "connection", value: "close") }
-        let head = HTTPResponseHead(version: request.version, status: response.status, headers: headers)
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-        if request.method != .HEAD {
-            var body = context.channel.allocator.buffer(capacity: response.body.count)
-            body.writeBytes(response.body)
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        }
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: written)
-        if !keepAlive {
-            written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        }
-    }
-
-    /// A request NIO could not parse: its error handler has answered 400; the connection ends here.
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
+    /// A status connection closed. The last one after a flood (the cap's worth refused) gives the memory the
+    /// flood took back to the system.
+    func release() {
+        self.tracker.release()
+        guard self.tracker.count == 0, self.refused.load(ordering: .relaxed) >= self.tracker.limit else { return }
+        self.refused.store(0, ordering: .relaxed)
+        Memory.giveBack()
     }
 }
