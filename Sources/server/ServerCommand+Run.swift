@@ -118,7 +118,9 @@ extension ServerCommand {
         if let status = self.status, let (host, port) = Self.statusAddress(status) {
             do {
                 statusServer = try await StatusServer.start(for: server, host: host, port: port) {
-                    registry.emitToBuffer()
+                    ServerMetrics.described(
+                        registry.emitToBuffer(),
+                        more: ["length_echo_reloads_total": "Certificate reloads (SIGHUP, --reload-interval), by result."])
                 }
             } catch {
                 console.say(.error, "status port: \(error)")

@@ -4,7 +4,7 @@ import Logging
 import NIOCore
 
 /// Why a connection ended, as its connection line says it (`end=`).
-public enum ConnectionEnd: String, Sendable {
+public enum ConnectionEnd: String, Sendable, CaseIterable {
     /// The client closed (or half-closed) its side; everything it sent was answered.
     case clientClosed = "client-closed"
     /// Nothing arrived for the idle timeout between messages.

@@ -155,12 +155,12 @@ public final class LengthEchoServer: Sendable {
             maximumOpen: configuration.maximumConnectionsPerAddress,
             handshakesPerSecond: configuration.handshakesPerSecondPerAddress)
         let tls = TLSContextHolder(configuration.tls)
-        let metrics = ServerMetrics()
+        let loops = Array(group.makeIterator())
+        let metrics = ServerMetrics(loops: loops.count, tls: configuration.tls != nil)
         metrics.certificate(notAfter: configuration.tls?.certificateNotAfter)
 
         // One listening socket per event loop (SO_REUSEPORT): the kernel spreads connections over them, and
         // each connection lives on the loop that accepted it, with no hand-off between threads.
-        let loops = Array(group.makeIterator())
         var loopStates: [NIOLoopBound<ServerLoopState>] = []
         for loop in loops {
             loopStates.append(
