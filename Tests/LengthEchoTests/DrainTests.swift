@@ -6,6 +6,10 @@ import NIOCore
 import Synchronization
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Stopping under load: what the server accepted, it answers.
 @Suite("Draining under load", .timeLimit(.minutes(1)))
 struct DrainTests {
@@ -116,5 +120,27 @@ struct DrainTests {
         let other = outcomes.other.withLock { $0 }
         #expect(other.isEmpty, "\(other.count) requests failed otherwise: \(Set(other))")
         #expect(outcomes.refused.load(ordering: .relaxed) == 16)
+    }
+}
+
+@Suite("The drain's connection lines", .timeLimit(.minutes(1)))
+struct DrainLineTests {
+    @Test("a connection closed by the drain after its half-sent message is answered is logged end=drained (so no error is counted)")
+    func halfSentMessage() async throws {
+        let (server, port) = try await startServerExecutable(["--quiet", "--log-format", "json", "--drain-timeout", "5"])
+        defer { server.terminate(signal: SIGKILL) }
+        let socket = try await blocking { () -> RawSocket in
+            let socket = try RawSocket.connect(port: port)
+            try socket.write(bytes("half a mess"))
+            return socket
+        }
+        server.terminate()
+        await server.wait(seconds: 10) { $0.stderr.contains("draining") || !$0.isRunning }
+        try await blocking { try socket.write(bytes("age") + [0]) }
+        #expect(try await blocking { try socket.readReplyText() } == "14 : half a message")
+        let line = try #require(await waitForConnectionLines(server, count: 1).first)
+        #expect(line["end"] as? String == "drained", "\(line)")
+        #expect(line["detail"] == nil, "\(line)")
+        #expect(await server.exitStatus() == 0)
     }
 }

@@ -151,6 +151,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         if case .serving = self.state {
             if self.draining && self.framer.bufferedBytes == 0 && self.replies.readableBytes > 0 {
                 // Draining: this burst's replies are the connection's last.
+                self.record.end(.drained)
                 self.closeAfterReplies(context: context)
             } else {
                 self.flushReplies(context: context)
