@@ -204,8 +204,9 @@ extension ServerCommand {
                         Glibc.exit(130)
                     }
                     draining = true
+                    let open = server.connectionCount
                     let message =
-                        "\(signal == .sigint ? "SIGINT" : "SIGTERM"), draining \(server.connectionCount) connections"
+                        "\(signal == .sigint ? "SIGINT" : "SIGTERM"), draining \(open) connection\(open == 1 ? "" : "s")"
                     systemd.notify("STOPPING=1\nSTATUS=\(message)")
                     console.say(.notice, message)
                     await group.triggerGracefulShutdown()

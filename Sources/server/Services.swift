@@ -40,7 +40,9 @@ struct Console: Sendable {
 
     func say(_ level: Logger.Level, _ text: String) {
         switch self.format {
-        case .text: Standard.error("server: \(text)")
+        case .text:
+            QueuedLogHandler.writer.flush()  // the log lines queued before this one come first
+            Standard.error("server: \(text)")
         case .json: self.logger.log(level: level, "\(text)")
         }
     }

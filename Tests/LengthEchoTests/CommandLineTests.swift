@@ -296,7 +296,7 @@ struct CommandLineTests {
             return socket
         }
         server.terminate()
-        await server.wait(seconds: 10) { $0.stderr.contains("draining 1 connections") || !$0.isRunning }
+        await server.wait(seconds: 10) { $0.stderr.contains("draining 1 connection") || !$0.isRunning }
         server.terminate()
         #expect(await server.exitStatus() == 130)
         #expect(server.stderr.contains("second signal, exiting now"))

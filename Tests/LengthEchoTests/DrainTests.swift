@@ -144,3 +144,24 @@ struct DrainLineTests {
         #expect(await server.exitStatus() == 0)
     }
 }
+
+extension DrainLineTests {
+    @Test("text log: the drain says how many connections in good English, and every connection line comes before `stopped`")
+    func order() async throws {
+        let (server, port) = try await startServerExecutable(["--quiet", "--drain-timeout", "5"])
+        defer { server.terminate(signal: SIGKILL) }
+        let socket = try await blocking { () -> RawSocket in
+            let socket = try RawSocket.connect(port: port)
+            try socket.write(bytes("one") + [0])
+            _ = try socket.readReply()
+            return socket
+        }
+        server.terminate()
+        #expect(await server.exitStatus() == 0)
+        _ = socket
+        let lines = server.stderr.split(separator: "\n")
+        #expect(lines.contains("server: SIGTERM, draining 1 connection"), "\(server.stderr)")
+        #expect(lines.last == "server: stopped", "\(server.stderr)")
+        #expect(lines.contains { $0.contains("connection ended") && $0.contains("end=drained") }, "\(server.stderr)")
+    }
+}
