@@ -418,11 +418,15 @@ final class TLSConnection {
             return ("the client sent no certificate, and this server requires one (\(text))", nil)
         }
         if entries.contains(anyOf: SSL_R_TLSV1_ALERT_UNKNOWN_CA, SSL_R_SSLV3_ALERT_BAD_CERTIFICATE) {
+            // unknown_ca names the cause; bad_certificate does not (OpenSSL sends it for a name that does not match,
+            // among others): say only what is known.
+            let unknownCA = entries.contains(anyOf: SSL_R_TLSV1_ALERT_UNKNOWN_CA)
+            let server =
+                unknownCA
+                ? "the client refused our certificate: it does not trust the CA that signed it (\(text))"
+                : "the client refused our certificate (bad_certificate: a name it did not expect, say) (\(text))"
             return (
-                isClient
-                    ? "the server does not trust our client certificate (\(text))"
-                    : "the client does not trust our certificate: it needs the CA that signed it (\(text))",
-                .ourCertificateRefused
+                isClient ? "the server does not trust our client certificate (\(text))" : server, .ourCertificateRefused
             )
         }
         if entries.contains(

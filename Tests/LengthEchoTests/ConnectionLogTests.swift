@@ -95,4 +95,45 @@ struct ConnectionLogTests {
             #/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info connection ended peer=127\.0\.0\.1:\d+ messages=1 bytes_in=3 bytes_out=7 duration_s=\d+\.\d{3} end=idle$/#
         #expect(line.wholeMatch(of: pattern) != nil, "\(line)")
     }
+
+    @Test("an error line counts in bytes_out; a TLS ClientHello on the plaintext port is told so, not echoed")
+    func errorLines() async throws {
+        let (server, port) = try await startServerExecutable(["--max-message", "8", "--quiet", "--log-format", "json"])
+        defer { server.terminate() }
+        let (tooLarge, hello) = try await blocking { () -> ([UInt8], [UInt8]) in
+            let socket = try RawSocket.connect(port: port)
+            try socket.write(bytes("123456789") + [0])
+            let tooLarge = try socket.readUntilClosed()
+            // The start of a TLS 1.2 ClientHello record: handshake, TLS 1.0 record version, a length, ClientHello.
+            let tls = try RawSocket.connect(port: port)
+            try tls.write([0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03] + [UInt8](repeating: 0, count: 40))
+            return (tooLarge, try tls.readUntilClosed())
+        }
+        let text = String(decoding: hello, as: UTF8.self)
+        #expect(text.hasPrefix("error: this port speaks plaintext, not TLS"), "\(Escaping.printable(hello))")
+        #expect(hello.allSatisfy { $0 >= 0x20 && $0 < 0x7f || $0 == 0 }, "nothing of the ClientHello echoed")
+        let lines = await waitForConnectionLines(server, count: 2)
+        let large = try #require(lines.first { $0["end"] as? String == "too-large" })
+        #expect(large["bytes_out"] as? Int == tooLarge.count, "\(large)")
+        let tlsLine = try #require(lines.first { $0["end"] as? String != "too-large" })
+        #expect(tlsLine["end"] as? String == "not-plaintext", "\(tlsLine)")
+    }
+
+    @Test("a client that refuses the server's certificate for its name: the server's line does not blame the CA")
+    func wrongNameRefusal() async throws {
+        let certificates = try await TestCertificates.main.value
+        let (server, port) = try await startServerExecutable([
+            "--tls", "--cert", certificates.serverCertificate, "--key", certificates.serverKey, "--quiet",
+            "--log-format", "json",
+        ])
+        defer { server.terminate() }
+        let refused = try await sClient(
+            port: port, ca: certificates.ca, sending: "", "-verify_return_error -verify_hostname not-this.example",
+            errors: true)
+        #expect(refused.status != 0)
+        let line = try #require(await waitForConnectionLines(server, count: 1).first)
+        let detail = line["detail"] as? String ?? ""
+        #expect(detail.contains("the client refused our certificate"), "\(line)")
+        #expect(!detail.contains("needs the CA"), "\(line)")
+    }
 }

@@ -37,6 +37,8 @@ public enum ConnectionEnd: String, Sendable, CaseIterable {
     case handshakeTimeout = "handshake-timeout"
     /// A plaintext client on the TLS port.
     case notTLS = "not-tls"
+    /// A TLS client on the plaintext port.
+    case notPlaintext = "not-plaintext"
     /// The peer reset the connection, or closed a TLS connection without close_notify.
     case reset
     /// Anything else (the detail says what).

@@ -45,6 +45,8 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     static let drainGrace: TimeAmount = .seconds(1)
 
     private let framing: Framing
+    /// Whether TLS runs below this stage (else a ClientHello arriving is a TLS client on the plaintext port).
+    private let behindTLS: Bool
     /// Who is on the other end, as the stages before this one established it, and what the connection line
     /// will say: this stage counts messages and bytes and says why the connection ended.
     let record: ConnectionRecord
@@ -80,6 +82,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.tracker = tracker
         self.record = record
         self.framing = configuration.framing
+        self.behindTLS = configuration.tls != nil
         self.empty = loopState.buffers.empty
         self.framer = MessageFramer(
             framing: configuration.framing,
@@ -124,6 +127,11 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         let now = NIODeadline.now()
         self.lastActivity = now
         let bytes = self.unwrapInboundIn(data)
+        if self.record.bytesIn == 0 && !self.behindTLS && Self.looksLikeClientHello(bytes) {
+            self.record.bytesIn += bytes.readableBytes
+            self.reject(context: context, reason: "this port speaks plaintext, not TLS: connect without TLS", end: .notPlaintext)
+            return
+        }
         self.record.bytesIn += bytes.readableBytes
         self.framer.append(bytes)
         var answered = false
@@ -158,6 +166,17 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
             }
         }
         context.fireChannelReadComplete()
+    }
+
+    /// Whether a connection's first bytes are a TLS ClientHello: a handshake record (22) of version 3.x whose
+    /// message, where it has arrived, is a ClientHello (1). A plaintext message that starts so is improbable; a
+    /// TLS client that got its bytes echoed back would only see garbage.
+    static func looksLikeClientHello(_ bytes: ByteBuffer) -> Bool {
+        let head = bytes.readableBytesView.prefix(6)
+        guard head.count >= 3 else { return false }
+        let start = head.startIndex
+        return head[start] == 0x16 && head[start + 1] == 0x03 && head[start + 2] <= 0x04
+            && (head.count < 6 || head[start + 5] == 0x01)
     }
 
     private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
@@ -298,7 +317,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.state = .rejecting
         self.framer.discard()
         self.log(.notice, "closing connection: \(reason)")
+        let before = self.replies.readableBytes
         Reply.write(error: reason, framing: self.framing, into: &self.replies)
+        self.record.bytesOut += self.replies.readableBytes - before
         let out = self.replies
         self.replies = self.empty
         context.write(self.wrapOutboundOut(out), promise: nil)

@@ -193,6 +193,7 @@ package final class ServerMetrics: Sendable {
         case .perAddressLimit: "per_address"
         case .handshakeRate: "handshake_rate"
         case .handshakeFailed, .handshakeTimeout, .notTLS: "tls"
+        case .notPlaintext: "not_plaintext"
         default: nil
         }
     }
@@ -208,7 +209,7 @@ package final class ServerMetrics: Sendable {
         case .reset: "reset"
         case .drainTimeout: "drain_timeout"
         case .error: "other"
-        case .clientClosed, .idle, .drained, .busy, .proxyRefused, .handshakeFailed, .notTLS, .denied,
+        case .clientClosed, .idle, .drained, .busy, .proxyRefused, .handshakeFailed, .notTLS, .notPlaintext, .denied,
             .perAddressLimit, .handshakeRate:
             nil
         }
