@@ -35,15 +35,16 @@ public struct AddressKey: Hashable, Sendable {
             self.high = 0
             self.low = UInt64(UInt32(bigEndian: v4.address.sin_addr.s_addr)) | 0xFFFF_0000_0000
         case .v6(let v6)?:
+            // In network order, as the IPv4 key above: ::ffff:a.b.c.d then has the same key as a.b.c.d, and no
+            // other IPv6 address does.
             let (high, low) = withUnsafeBytes(of: v6.address.sin6_addr) { raw -> (UInt64, UInt64) in
                 (
-                    raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
-                    raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                    UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                    UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
                 )
             }
-            let mapped = high == 0 && UInt64(bigEndian: low) >> 32 == 0xFFFF
-            self.high = mapped ? 0 : high
-            self.low = mapped ? UInt64(bigEndian: low) : low
+            self.high = high
+            self.low = low
         default:
             return nil
         }

@@ -205,35 +205,70 @@ public enum ProxyProtocol {
 }
 
 /// An address range, `10.0.0.0/8` or `2001:db8::/32` (a single address without a length): who may send
-/// PROXY headers, and later who may connect at all.
+/// PROXY headers, and later who may connect at all. An IPv4-mapped range (`::ffff:192.0.2.0/120`) is the IPv4
+/// range it maps (`192.0.2.0/24`), so it matches the same peers whether the server listens on an IPv4 address or
+/// on `[::]`; one shorter than /96 would reach outside the mapped space, and is refused.
 public struct AddressRange: Sendable, Equatable, CustomStringConvertible {
     private let network: [UInt8]
     public let prefixLength: Int
+    /// Whether the text had bits set past the prefix (`10.0.0.1/24`): the range is its network (`10.0.0.0/24`),
+    /// which may not be what was meant.
+    public let hostBitsSet: Bool
 
-    /// Parses `ADDRESS[/LENGTH]`; nil when it is not one.
+    /// Why a text is not an address range.
+    public struct ParseError: Error, CustomStringConvertible, Sendable {
+        public let description: String
+    }
+
+    /// Parses `ADDRESS[/LENGTH]`; nil when it is not one (`parse` says why).
     public init?(_ text: String) {
+        guard case .success(let range) = Self.parse(text) else { return nil }
+        self = range
+    }
+
+    private init(network: [UInt8], prefixLength: Int, hostBitsSet: Bool) {
+        self.network = network
+        self.prefixLength = prefixLength
+        self.hostBitsSet = hostBitsSet
+    }
+
+    /// Parses `ADDRESS[/LENGTH]`, or says why it is not a range.
+    public static func parse(_ text: String) -> Result<AddressRange, ParseError> {
         let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
         guard let address = try? SocketAddress(ipAddress: String(parts[0]), port: 0),
-            let bytes = Self.bytes(of: address)
-        else { return nil }
-        let length: Int
+            var bytes = Self.bytes(of: address)
+        else { return .failure(ParseError(description: "not an address or CIDR range (10.0.0.0/8, 192.0.2.7, ::1)")) }
+        var length = bytes.count * 8
         if parts.count == 2 {
             guard let value = Int(parts[1]), (0...bytes.count * 8).contains(value), parts[1].allSatisfy(\.isNumber)
-            else { return nil }
+            else {
+                return .failure(ParseError(description: "the prefix length must be 0...\(bytes.count * 8)"))
+            }
             length = value
-        } else {
-            length = bytes.count * 8
         }
-        self.prefixLength = length
-        self.network = Self.masked(bytes, length)
+        if bytes.count == 16, Self.isMapped(bytes) {
+            guard length >= 96 else {
+                return .failure(
+                    ParseError(
+                        description:
+                            "an IPv4-mapped range (::ffff:a.b.c.d) needs a prefix of /96 or longer; give the IPv4 range instead"
+                    ))
+            }
+            bytes = Array(bytes[12...])
+            length -= 96
+        }
+        let network = Self.masked(bytes, length)
+        return .success(AddressRange(network: network, prefixLength: length, hostBitsSet: network != bytes))
+    }
+
+    private static func isMapped(_ bytes: [UInt8]) -> Bool {
+        bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF
     }
 
     /// Whether `address` lies in the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as IPv4.
     public func contains(_ address: SocketAddress?) -> Bool {
         guard let address, var bytes = Self.bytes(of: address) else { return false }
-        if bytes.count == 16, self.network.count == 4, bytes[0..<10].allSatisfy({ $0 == 0 }),
-            bytes[10] == 0xFF, bytes[11] == 0xFF
-        {
+        if bytes.count == 16, self.network.count == 4, Self.isMapped(bytes) {
             bytes = Array(bytes[12...])
         }
         guard bytes.count == self.network.count else { return false }

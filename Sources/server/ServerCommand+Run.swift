@@ -58,6 +58,12 @@ extension ServerCommand {
         configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
         configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
         configuration.handshakesPerSecondPerAddress = self.handshakeRate
+        for (flag, ranges) in [("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom), ("--proxy-from", self.proxyFrom)] {
+            for text in ranges {
+                guard let range = AddressRange(text), range.hostBitsSet else { continue }
+                console.say(.warning, "\(flag) \(text) has host bits set: it is taken as \(range)")
+            }
+        }
         if !self.allowFrom.isEmpty || !self.denyFrom.isEmpty {
             configuration.addressPolicy = AddressPolicy(
                 allow: self.allowFrom.compactMap(AddressRange.init), deny: self.denyFrom.compactMap(AddressRange.init))

@@ -265,8 +265,8 @@ struct ServerCommand: AsyncParsableCommand {
             throw ValidationError("--cert, --key, --client-ca, --client-auth and --reload-interval need --tls")
         }
         for (flag, ranges) in [("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom)] {
-            for range in ranges where AddressRange(range) == nil {
-                throw ValidationError("\(flag) \(range): not an address or CIDR range (10.0.0.0/8, 192.0.2.7, ::1)")
+            for range in ranges {
+                if case .failure(let error) = AddressRange.parse(range) { throw ValidationError("\(flag) \(range): \(error)") }
             }
         }
         if let n = self.maxConnectionsPerIP, !(1...10_000_000).contains(n) {
@@ -304,8 +304,8 @@ struct ServerCommand: AsyncParsableCommand {
         if !self.proxyProtocol && !self.proxyFrom.isEmpty {
             throw ValidationError("--proxy-from needs --proxy-protocol")
         }
-        for range in self.proxyFrom where AddressRange(range) == nil {
-            throw ValidationError("--proxy-from \(range): not an address or CIDR range (10.0.0.0/8, 192.0.2.7, ::1)")
+        for range in self.proxyFrom {
+            if case .failure(let error) = AddressRange.parse(range) { throw ValidationError("--proxy-from \(range): \(error)") }
         }
         if self.clientCA != nil && self.clientAuth == .none {
             throw ValidationError("--client-ca needs --client-auth optional or required")

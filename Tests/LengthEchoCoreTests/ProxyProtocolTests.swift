@@ -158,4 +158,38 @@ struct ProxyProtocolTests {
             #expect(AddressRange(bad) == nil, "\(bad)")
         }
     }
+
+    @Test("IPv4-mapped ranges are IPv4 ranges (/96 or narrower); a shorter one is refused, saying why")
+    func mappedRanges() throws {
+        let one = try #require(AddressRange("::ffff:127.0.0.1"))
+        #expect(one.contains(self.ip("127.0.0.1", 1)), "an IPv4 peer, as on a server bound to an IPv4 address")
+        #expect(one.contains(self.ip("::ffff:127.0.0.1", 1)), "the same peer on a socket bound to [::]")
+        #expect(one.description == "127.0.0.1/32")
+        let net = try #require(AddressRange("::ffff:192.0.2.0/120"))
+        #expect(net.contains(self.ip("192.0.2.5", 1)) && !net.contains(self.ip("192.0.3.5", 1)))
+        #expect(net.description == "192.0.2.0/24")
+        #expect(AddressRange("::ffff:0.0.0.0/96")?.contains(self.ip("8.8.8.8", 1)) == true)
+        for short in ["::ffff:127.0.0.0/8", "::ffff:0:0/95"] {
+            #expect(AddressRange(short) == nil, "\(short)")
+            guard case .failure(let error) = AddressRange.parse(short) else { continue }
+            #expect("\(error)".contains("IPv4-mapped"), "\(short): \(error)")
+        }
+    }
+
+    @Test("a range with host bits set is taken as its network, and says so")
+    func hostBits() throws {
+        #expect(AddressRange("10.0.0.1/24")?.hostBitsSet == true)
+        #expect(AddressRange("10.0.0.0/24")?.hostBitsSet == false)
+        #expect(AddressRange("10.0.0.1")?.hostBitsSet == false)
+    }
+
+    @Test("per-address keys: an IPv4 address and an IPv6 address never share a slot; a mapped address is its IPv4")
+    func addressKeys() throws {
+        let v4 = AddressKey(self.ip("1.2.3.4", 1))
+        #expect(v4 == AddressKey(self.ip("::ffff:1.2.3.4", 2)))
+        // ::403:201:ffff:0, read little-endian, was the same 64 bits as 1.2.3.4's key.
+        #expect(v4 != AddressKey(self.ip("::403:201:ffff:0", 1)))
+        #expect(AddressKey(self.ip("::1", 1)) != AddressKey(self.ip("0.0.0.1", 1)))
+        #expect(AddressKey(self.ip("2001:db8::1", 1)) != AddressKey(self.ip("2001:db8::2", 1)))
+    }
 }

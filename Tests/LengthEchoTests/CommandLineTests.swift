@@ -182,6 +182,17 @@ struct CommandLineTests {
         }
     }
 
+    @Test("address ranges: a mapped range shorter than /96 is refused saying why; host bits set are warned about")
+    func addressRanges() async throws {
+        let refused = try Executable("server", ["--host", "127.0.0.1", "--port", "0", "--deny-from", "::ffff:127.0.0.0/8"])
+        #expect(await refused.exitStatus() != 0)
+        #expect(refused.stderr.contains("--deny-from ::ffff:127.0.0.0/8: an IPv4-mapped range"), "\(refused.stderr)")
+        let (server, _) = try await startServerExecutable(["--deny-from", "10.0.0.1/24", "--quiet"])
+        defer { server.terminate() }
+        await server.wait(seconds: 10) { $0.stderr.contains("host bits") || !$0.isRunning }
+        #expect(server.stderr.contains("--deny-from 10.0.0.1/24 has host bits set: it is taken as 10.0.0.0/24"))
+    }
+
     @Test("a key readable by others gets a warning at start")
     func keyPermissions() async throws {
         let certificates = try await TestCertificates.main.value
