@@ -113,7 +113,7 @@ struct ClientCommand: AsyncParsableCommand {
             }
             do {
                 if let path = self.tlsKeylog {
-                    try TLSKeyLog.open(path)
+                    if let note = try TLSKeyLog.open(path) { Self.printError("client: warning: \(note)") }
                     Self.printError(
                         "client: warning: --tls-keylog: the session keys go to \(path); anyone who reads it can decrypt this traffic"
                     )

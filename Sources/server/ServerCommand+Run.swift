@@ -78,7 +78,7 @@ extension ServerCommand {
             self.checkKeyPermissions(console: console)
             if let path = self.tlsKeylog {
                 do {
-                    try TLSKeyLog.open(path)
+                    if let note = try TLSKeyLog.open(path) { console.say(.warning, "warning: \(note)") }
                 } catch {
                     console.say(.error, "\(error)")
                     throw ExitCode.failure
