@@ -44,7 +44,13 @@ final class ProxyProtocolHandler: ChannelInboundHandler, RemovableChannelHandler
 
     private func start(context: ChannelHandlerContext) {
         guard self.timer == nil, !self.finished else { return }
-        let balancer = self.record.peer.address
+        guard let balancer = self.record.peer.address else {
+            // Gone before its address could be read (accepted after a reset: a balancer's layer-4 check, say).
+            self.finished = true
+            self.record.end(.reset, detail: "the peer closed before its address could be read")
+            context.close(promise: nil)
+            return
+        }
         guard self.trusted.contains(where: { $0.contains(balancer) }) else {
             self.refuse("the connection came from an address not trusted to send PROXY headers", context: context)
             return
