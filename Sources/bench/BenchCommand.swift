@@ -157,7 +157,13 @@ struct BenchCommand: AsyncParsableCommand {
                 try await Task.sleep(for: .seconds(1))
                 let total = progresses.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) }
                 let errors = progresses.reduce(0) { $0 + $1.errors.load(ordering: .relaxed) }
-                FileHandle.standardError.write(Data("\r\(total - last) requests/s, \(errors) errors so far   ".utf8))
+                let elapsed = (NIODeadline.now() - start).seconds
+                let left =
+                    self.requests.map { "\(max($0 - total, 0)) requests left" }
+                    ?? "\(Int(max((stopAt - NIODeadline.now()).seconds, 0).rounded(.up))) s left"
+                FileHandle.standardError.write(
+                    Data(
+                        "\r\(Int(elapsed)) s: \(total - last) requests/s, \(errors) errors so far, \(left)   ".utf8))
                 last = total
             }
         }
@@ -174,6 +180,14 @@ struct BenchCommand: AsyncParsableCommand {
         let report = Report(
             command: self, stats: stats, seconds: seconds, cpuSeconds: cpu, wallSeconds: (end - start).seconds)
         print(self.json ? report.json : report.text)
+        if stats.requests == 0 {
+            // A run that measured nothing is no measurement: say why, and fail.
+            let why = ErrorKind.allCases.compactMap { kind in stats.firstErrors[kind].map { "\(kind.rawValue): \($0)" } }
+            FileHandle.standardError.write(
+                Data(
+                    "bench: no request succeeded\(why.isEmpty ? "" : "; the first error: \(why[0])")\n".utf8))
+            throw ExitCode.failure
+        }
     }
 }
 

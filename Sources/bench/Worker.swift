@@ -46,6 +46,8 @@ struct WorkerStats: Sendable {
     /// requests are idempotent); not errors.
     var resends = 0
     var errors: [ErrorKind: Int] = [:]
+    /// The first error of each kind, as it was reported (to say why when nothing succeeded).
+    var firstErrors: [ErrorKind: String] = [:]
     var latency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
 
     mutating func merge(_ other: WorkerStats) {
@@ -56,6 +58,7 @@ struct WorkerStats: Sendable {
         self.reconnects += other.reconnects
         self.resends += other.resends
         for (kind, count) in other.errors { self.errors[kind, default: 0] += count }
+        self.firstErrors.merge(other.firstErrors) { first, _ in first }
         self.latency.add(other.latency)
     }
 }
@@ -118,8 +121,9 @@ final class Worker {
         self.finished.succeed(self.stats)
     }
 
-    func count(_ kind: ErrorKind) {
+    func count(_ kind: ErrorKind, _ error: (any Error)? = nil) {
         if self.measuring { self.stats.errors[kind, default: 0] += 1 }
+        if let error, self.stats.firstErrors[kind] == nil { self.stats.firstErrors[kind] = "\(error)" }
         self.progress.errors.add(1, ordering: .relaxed)
     }
 
@@ -156,8 +160,8 @@ final class Worker {
             }
             .connect(to: plan.address)
             .assumeIsolated()
-            .whenFailure { _ in
-                self.count(.connect)
+            .whenFailure { error in
+                self.count(.connect, error)
                 // Back off briefly so a refusing server is not hammered in a tight loop.
                 self.loop.assumeIsolated().scheduleTask(in: .milliseconds(10)) { self.start() }
             }
@@ -308,7 +312,7 @@ final class BenchHandler: ChannelInboundHandler {
         } else if !self.waiting && Self.serverWentAway(error) {
             self.worker.reconnect()
         } else {
-            self.worker.count(error is TLSError ? .tls : .closedEarly)
+            self.worker.count(error is TLSError ? .tls : .closedEarly, error)
             self.worker.connectionEnded(session: nil)
         }
     }

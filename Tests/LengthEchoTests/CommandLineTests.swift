@@ -193,6 +193,19 @@ struct CommandLineTests {
         #expect(server.stderr.contains("--deny-from 10.0.0.1/24 has host bits set: it is taken as 10.0.0.0/24"))
     }
 
+    @Test("bench that gets no request through exits non-zero and says why")
+    func benchNothingSucceeded() async throws {
+        let server = try await LengthEchoTests.startServer()
+        let bench = try Executable(
+            "bench",
+            ["--host", "127.0.0.1", "--port", "\(server.port)", "--tls", "--duration", "0.5", "--warmup", "0",
+             "--connections", "2", "--threads", "1"])
+        #expect(await bench.exitStatus() != 0, "\(bench.stdout)")
+        #expect(bench.stderr.contains("bench: no request succeeded"), "\(bench.stderr)")
+        #expect(bench.stderr.contains("did not speak TLS"), "\(bench.stderr)")
+        await server.shutdown()
+    }
+
     @Test("a key readable by others gets a warning at start")
     func keyPermissions() async throws {
         let certificates = try await TestCertificates.main.value
