@@ -90,7 +90,8 @@ struct LineFramingTests {
         let server = try await startServer { $0.framing = .line }
         let port = server.port
         let result = try await blocking {
-            try run("/bin/sh", ["-c", "printf 'hello\\n' | timeout 10 nc -N 127.0.0.1 \(port)"])
+            // netcat-openbsd's own name: `nc` may be ncat, which has no -N (.ci/run installs netcat-openbsd).
+            try run("/bin/sh", ["-c", "printf 'hello\\n' | timeout 10 nc.openbsd -N 127.0.0.1 \(port)"])
         }
         #expect(result.status == 0)
         #expect(result.output == "5 : hello\n")
