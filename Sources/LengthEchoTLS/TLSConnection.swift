@@ -441,7 +441,10 @@ final class TLSConnection {
             return ("the server requires ALPN \(ALPN.protocolName), which was not offered (\(text))", nil)
         }
         if !isClient && entries.contains(anyOf: SSL_R_NO_APPLICATION_PROTOCOL) {
-            return ("the client's ALPN did not offer \(ALPN.protocolName), the one protocol this server speaks (\(text))", nil)
+            return (
+                "the client's ALPN did not offer \(ALPN.protocolName), the one protocol this server speaks (\(text))",
+                nil
+            )
         }
         if !isClient && entries.contains(anyOf: SSL_R_CALLBACK_FAILED) {
             // The one ClientHello callback: ALPN required, and the client sent none.

@@ -22,7 +22,9 @@ extension TLSContext {
     /// CA of `clientCA` (named as its issuer, and its signature verified with that CA's key), and the whole file must
     /// read: a CRL another CA signed would refuse every client, and a half-read file would leave revocations out.
     /// Returns the CRLs past their next-update date (each as "FILE: next update DATE"), for the caller to warn about.
-    func useCRLs(_ policy: RevocationPolicy, issuedBy clientCA: String, on ctx: OpaquePointer) throws(TLSError)
+    func useCRLs(
+        _ policy: RevocationPolicy, issuedBy clientCA: String, on ctx: OpaquePointer
+    ) throws(TLSError)
         -> [String]
     {
         try Self.checkReadable(policy.crlFile, what: "CRL file")

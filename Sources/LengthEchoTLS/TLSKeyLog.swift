@@ -42,7 +42,8 @@ public enum TLSKeyLog {
             guard status.st_uid == geteuid() else {
                 throw TLSError(
                     .configuration,
-                    "cannot use the key log \(path): it belongs to uid \(status.st_uid), not to this user (uid \(geteuid()))")
+                    "cannot use the key log \(path): it belongs to uid \(status.st_uid), not to this user (uid \(geteuid()))"
+                )
             }
             let mode = status.st_mode & 0o777
             if mode & 0o077 != 0 {

@@ -182,7 +182,8 @@ struct BenchCommand: AsyncParsableCommand {
         print(self.json ? report.json : report.text)
         if stats.requests == 0 {
             // A run that measured nothing is no measurement: say why, and fail.
-            let why = ErrorKind.allCases.compactMap { kind in stats.firstErrors[kind].map { "\(kind.rawValue): \($0)" } }
+            let why = ErrorKind.allCases.compactMap { kind in stats.firstErrors[kind].map { "\(kind.rawValue): \($0)" }
+            }
             FileHandle.standardError.write(
                 Data(
                     "bench: no request succeeded\(why.isEmpty ? "" : "; the first error: \(why[0])")\n".utf8))

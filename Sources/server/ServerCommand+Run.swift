@@ -58,7 +58,9 @@ extension ServerCommand {
         configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
         configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
         configuration.handshakesPerSecondPerAddress = self.handshakeRate
-        for (flag, ranges) in [("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom), ("--proxy-from", self.proxyFrom)] {
+        for (flag, ranges) in [
+            ("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom), ("--proxy-from", self.proxyFrom),
+        ] {
             for text in ranges {
                 guard let range = AddressRange(text), range.hostBitsSet else { continue }
                 console.say(.warning, "\(flag) \(text) has host bits set: it is taken as \(range)")
@@ -126,7 +128,9 @@ extension ServerCommand {
                 statusServer = try await StatusServer.start(for: server, host: host, port: port) {
                     ServerMetrics.described(
                         registry.emitToBuffer(),
-                        more: ["length_echo_reloads_total": "Certificate reloads (SIGHUP, --reload-interval), by result."])
+                        more: [
+                            "length_echo_reloads_total": "Certificate reloads (SIGHUP, --reload-interval), by result."
+                        ])
                 }
             } catch {
                 console.say(.error, "status port: \(error)")

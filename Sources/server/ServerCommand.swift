@@ -266,7 +266,9 @@ struct ServerCommand: AsyncParsableCommand {
         }
         for (flag, ranges) in [("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom)] {
             for range in ranges {
-                if case .failure(let error) = AddressRange.parse(range) { throw ValidationError("\(flag) \(range): \(error)") }
+                if case .failure(let error) = AddressRange.parse(range) {
+                    throw ValidationError("\(flag) \(range): \(error)")
+                }
             }
         }
         if let n = self.maxConnectionsPerIP, !(1...10_000_000).contains(n) {
@@ -305,7 +307,9 @@ struct ServerCommand: AsyncParsableCommand {
             throw ValidationError("--proxy-from needs --proxy-protocol")
         }
         for range in self.proxyFrom {
-            if case .failure(let error) = AddressRange.parse(range) { throw ValidationError("--proxy-from \(range): \(error)") }
+            if case .failure(let error) = AddressRange.parse(range) {
+                throw ValidationError("--proxy-from \(range): \(error)")
+            }
         }
         if self.clientCA != nil && self.clientAuth == .none {
             throw ValidationError("--client-ca needs --client-auth optional or required")

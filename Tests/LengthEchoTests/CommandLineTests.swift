@@ -184,7 +184,8 @@ struct CommandLineTests {
 
     @Test("address ranges: a mapped range shorter than /96 is refused saying why; host bits set are warned about")
     func addressRanges() async throws {
-        let refused = try Executable("server", ["--host", "127.0.0.1", "--port", "0", "--deny-from", "::ffff:127.0.0.0/8"])
+        let refused = try Executable(
+            "server", ["--host", "127.0.0.1", "--port", "0", "--deny-from", "::ffff:127.0.0.0/8"])
         #expect(await refused.exitStatus() != 0)
         #expect(refused.stderr.contains("--deny-from ::ffff:127.0.0.0/8: an IPv4-mapped range"), "\(refused.stderr)")
         let (server, _) = try await startServerExecutable(["--deny-from", "10.0.0.1/24", "--quiet"])
@@ -198,8 +199,10 @@ struct CommandLineTests {
         let server = try await LengthEchoTests.startServer()
         let bench = try Executable(
             "bench",
-            ["--host", "127.0.0.1", "--port", "\(server.port)", "--tls", "--duration", "0.5", "--warmup", "0",
-             "--connections", "2", "--threads", "1"])
+            [
+                "--host", "127.0.0.1", "--port", "\(server.port)", "--tls", "--duration", "0.5", "--warmup", "0",
+                "--connections", "2", "--threads", "1",
+            ])
         #expect(await bench.exitStatus() != 0, "\(bench.stdout)")
         #expect(bench.stderr.contains("bench: no request succeeded"), "\(bench.stderr)")
         #expect(bench.stderr.contains("did not speak TLS"), "\(bench.stderr)")

@@ -106,7 +106,8 @@ struct ConnectionLogTests {
             let tooLarge = try socket.readUntilClosed()
             // The start of a TLS 1.2 ClientHello record: handshake, TLS 1.0 record version, a length, ClientHello.
             let tls = try RawSocket.connect(port: port)
-            try tls.write([0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03] + [UInt8](repeating: 0, count: 40))
+            try tls.write(
+                [0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03] + [UInt8](repeating: 0, count: 40))
             return (tooLarge, try tls.readUntilClosed())
         }
         let text = String(decoding: hello, as: UTF8.self)

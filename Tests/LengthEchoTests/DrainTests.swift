@@ -125,9 +125,13 @@ struct DrainTests {
 
 @Suite("The drain's connection lines", .timeLimit(.minutes(1)))
 struct DrainLineTests {
-    @Test("a connection closed by the drain after its half-sent message is answered is logged end=drained (so no error is counted)")
+    @Test(
+        "a connection closed by the drain after its half-sent message is answered is logged end=drained (so no error is counted)"
+    )
     func halfSentMessage() async throws {
-        let (server, port) = try await startServerExecutable(["--quiet", "--log-format", "json", "--drain-timeout", "5"])
+        let (server, port) = try await startServerExecutable([
+            "--quiet", "--log-format", "json", "--drain-timeout", "5",
+        ])
         defer { server.terminate(signal: SIGKILL) }
         let socket = try await blocking { () -> RawSocket in
             let socket = try RawSocket.connect(port: port)
@@ -146,7 +150,9 @@ struct DrainLineTests {
 }
 
 extension DrainLineTests {
-    @Test("text log: the drain says how many connections in good English, and every connection line comes before `stopped`")
+    @Test(
+        "text log: the drain says how many connections in good English, and every connection line comes before `stopped`"
+    )
     func order() async throws {
         let (server, port) = try await startServerExecutable(["--quiet", "--drain-timeout", "5"])
         defer { server.terminate(signal: SIGKILL) }

@@ -11,7 +11,8 @@ import Glibc
 /// What `/metrics` says, against what the connection lines say.
 @Suite("Metrics: exact under concurrent scrapes, every series from the start, described", .timeLimit(.minutes(2)))
 struct MetricsTests {
-    @Test("with 2 and with 6 scrapers polling during a load, every counter equals what the connection lines add up to",
+    @Test(
+        "with 2 and with 6 scrapers polling during a load, every counter equals what the connection lines add up to",
         arguments: [2, 6])
     func concurrentScrapes(scrapers: Int) async throws {
         let (server, port, status) = try await startWithStatus(["--log-format", "json"])

@@ -19,7 +19,9 @@ struct StatusLimitsTests {
         self.start + .nanoseconds(Int64(seconds * 1e9))
     }
 
-    private func feed(_ rules: inout StatusConnectionRules, _ text: String, at seconds: Double)
+    private func feed(
+        _ rules: inout StatusConnectionRules, _ text: String, at seconds: Double
+    )
         -> StatusConnectionRules.Action
     {
         Array(text.utf8).withUnsafeBytes { rules.received($0, now: self.at(seconds)) }
@@ -111,11 +113,12 @@ struct StatusLimitsTests {
             let slow = try RawSocket.connect(port: port)
             try slow.write("GET /healthz HTTP/1.1\r\n")  // and nothing more: the head times out
             return try [fields, nil].map { raw in
-                let socket = try raw.map { raw in
-                    let socket = try RawSocket.connect(port: port)
-                    try socket.write(raw)
-                    return socket
-                } ?? slow
+                let socket =
+                    try raw.map { raw in
+                        let socket = try RawSocket.connect(port: port)
+                        try socket.write(raw)
+                        return socket
+                    } ?? slow
                 return String(decoding: try socket.readUntilClosed(), as: UTF8.self)
             }
         }

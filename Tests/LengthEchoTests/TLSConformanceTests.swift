@@ -48,7 +48,8 @@ struct TLSConformanceTests {
             errors: true)
         #expect(other.output.contains("alert no application protocol"), "\(other.output)")
         let ours = try await sClient(
-            port: server.port, ca: certificates.ca, sending: "x\\0", "-servername localhost -alpn h2,length-echo -quiet",
+            port: server.port, ca: certificates.ca, sending: "x\\0",
+            "-servername localhost -alpn h2,length-echo -quiet",
             errors: true)
         #expect(ours.output.contains("1 : x"), "\(ours.output)")
         let none = try await sClient(
@@ -77,8 +78,9 @@ struct TLSConformanceTests {
         let sslv2: [UInt8] =
             [0x80, 0x19 + 3, 0x01, 0x03, 0x03, 0x00, 0x03, 0x00, 0x00, 0x00, 0x10, 0x00, 0xc0, 0x2f]
             + [UInt8](repeating: 7, count: 16)
-        for (name, first) in [("ChangeCipherSpec", changeCipherSpec), ("ApplicationData", applicationData), ("SSLv2", sslv2)]
-        {
+        for (name, first) in [
+            ("ChangeCipherSpec", changeCipherSpec), ("ApplicationData", applicationData), ("SSLv2", sslv2),
+        ] {
             let reply = try await self.answer(to: first, port: server.port)
             #expect(reply.first == 0x15, "\(name): \(Escaping.printable(reply))")  // an alert record
             #expect(!String(decoding: reply, as: UTF8.self).contains("error:"), "\(name)")
@@ -106,7 +108,8 @@ struct TLSConformanceTests {
         abrupt.terminate(signal: SIGKILL)
         _ = await abrupt.exitStatus()
         let resumed = try await sClient(
-            port: server.port, ca: certificates.ca, sending: "", "-tls1_2 -no_ticket -servername localhost -sess_in \(session)",
+            port: server.port, ca: certificates.ca, sending: "",
+            "-tls1_2 -no_ticket -servername localhost -sess_in \(session)",
             errors: true)
         #expect(resumed.output.contains("Reused, TLSv1.2"), "\(resumed.output)")
         await server.shutdown()

@@ -184,10 +184,12 @@ struct TLSPolicyTests {
         #expect(FileManager.default.createFile(atPath: foreign, contents: nil))
         // Giving a file away takes root (as the tests run here and in CI); elsewhere that case is left out.
         let givenAway = chown(foreign, 65534, 65534) == 0
-        let cases = [("link", "symbolic link"), ("fifo", "not a regular file")]
+        let cases =
+            [("link", "symbolic link"), ("fifo", "not a regular file")]
             + (givenAway ? [("foreign", "belongs to uid 65534")] : [])
         for (name, says) in cases {
-            let server = try Executable("server", ["--host", "127.0.0.1", "--port", "0", "--tls-keylog", folder + "/" + name] + tls)
+            let server = try Executable(
+                "server", ["--host", "127.0.0.1", "--port", "0", "--tls-keylog", folder + "/" + name] + tls)
             #expect(await server.exitStatus() != 0, "\(name)")
             #expect(server.stderr.contains(says), "\(name): \(server.stderr)")
         }
@@ -196,7 +198,9 @@ struct TLSPolicyTests {
         #expect(chmod(open, 0o666) == 0)
         let (server, _) = try await startServerExecutable(tls + ["--tls-keylog", open])
         defer { server.terminate() }
-        #expect(server.stderr.contains("was readable or writable by others (mode 0666); it is 0600 now"), "\(server.stderr)")
+        #expect(
+            server.stderr.contains("was readable or writable by others (mode 0666); it is 0600 now"), "\(server.stderr)"
+        )
         let mode = try FileManager.default.attributesOfItem(atPath: open)[.posixPermissions] as? Int
         #expect(mode == 0o600)
     }

@@ -129,7 +129,9 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         let bytes = self.unwrapInboundIn(data)
         if self.record.bytesIn == 0 && !self.behindTLS && Self.looksLikeClientHello(bytes) {
             self.record.bytesIn += bytes.readableBytes
-            self.reject(context: context, reason: "this port speaks plaintext, not TLS: connect without TLS", end: .notPlaintext)
+            self.reject(
+                context: context, reason: "this port speaks plaintext, not TLS: connect without TLS", end: .notPlaintext
+            )
             return
         }
         self.record.bytesIn += bytes.readableBytes

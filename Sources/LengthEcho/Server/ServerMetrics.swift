@@ -77,15 +77,21 @@ package final class ServerMetrics: Sendable {
             ("length_echo_bytes_total", [("direction", "in")]), ("length_echo_bytes_total", [("direction", "out")]),
         ]
         for end in ConnectionEnd.allCases {
-            if let reason = Self.refusal(end) { series.append(("length_echo_connections_refused_total", [("reason", reason)])) }
+            if let reason = Self.refusal(end) {
+                series.append(("length_echo_connections_refused_total", [("reason", reason)]))
+            }
             if let kind = Self.error(end) { series.append(("length_echo_errors_total", [("kind", kind)])) }
         }
         if tls {
-            series.append(("length_echo_tls_handshakes_total", [("result", "failed"), ("version", "none"), ("resumed", "false")]))
+            series.append(
+                ("length_echo_tls_handshakes_total", [("result", "failed"), ("version", "none"), ("resumed", "false")]))
             for version in ["TLSv1.2", "TLSv1.3"] {
                 for resumed in [false, true] {
                     series.append(
-                        ("length_echo_tls_handshakes_total", [("result", "ok"), ("version", version), ("resumed", "\(resumed)")]))
+                        (
+                            "length_echo_tls_handshakes_total",
+                            [("result", "ok"), ("version", version), ("resumed", "\(resumed)")]
+                        ))
                 }
             }
         }

@@ -131,7 +131,6 @@ struct StatusRoutes: Sendable {
     }
 }
 
-
 /// The status port's connection cap: a count of open status connections, apart from the main port's.
 final class StatusAdmission: Sendable {
     private let tracker: ConnectionTracker
