@@ -25,18 +25,31 @@ extension ServerCommand {
         let path = self.key ?? "certs/server.key"
         var info = stat()
         guard stat(path, &info) == 0 else { return }  // a missing key is reported by the TLS context
-        if info.st_mode & 0o077 != 0 {
+        // Readable by everyone, or by a group this server is not in, is a warning; a group of its own (root-owned,
+        // mode 0640, group length-echo: the shipped unit's way) is not.
+        let groupReads = info.st_mode & 0o070 != 0 && !Self.inGroup(info.st_gid)
+        if info.st_mode & 0o007 != 0 || groupReads {
             console.say(
                 .warning,
                 "warning: the key \(path) is readable by "
-                    + "\(info.st_mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(info.st_mode & 0o777, radix: 8))); "
-                    + "chmod 600 it")
+                    + "\(info.st_mode & 0o007 != 0 ? "everyone" : "group \(info.st_gid), which this server is not in") "
+                    + "(mode \(String(info.st_mode & 0o777, radix: 8))); chmod 600 it")
         }
-        if info.st_uid != geteuid() {
+        if info.st_uid != geteuid() && info.st_uid != 0 {
             console.say(
                 .warning,
-                "warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid())")
+                "warning: the key \(path) belongs to uid \(info.st_uid), not to this server's uid \(geteuid()) or root")
         }
+    }
+
+    /// Whether this process runs with group `gid`, as its own or a supplementary group.
+    private static func inGroup(_ gid: gid_t) -> Bool {
+        if gid == getegid() { return true }
+        let count = getgroups(0, nil)
+        guard count > 0 else { return false }
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        let read = getgroups(count, &groups)
+        return read > 0 && groups.prefix(Int(read)).contains(gid)
     }
 
     func makeTLSContext() throws -> TLSContext {

@@ -222,6 +222,20 @@ struct CommandLineTests {
         #expect(server.stderr.contains("warning: the key \(key) is readable by everyone (mode 644); chmod 600 it"))
         server.terminate()
         #expect(await server.exitStatus() == 0)
+        // Mode 0640 in a group the server runs in (the systemd unit's way, where the service has the key's group):
+        // no warning. In a group it is not in: a warning that says so.
+        chmod(key, 0o640)
+        #expect(chown(key, geteuid(), getegid()) == 0)
+        let grouped = try await self.startServer(["--tls", "--cert", certificates.serverCertificate, "--key", key]).0
+        #expect(!grouped.stderr.contains("warning: the key"), "\(grouped.stderr)")
+        grouped.terminate()
+        _ = await grouped.exitStatus()
+        if chown(key, geteuid(), 65534) == 0 {  // root, as here and in CI
+            let other = try await self.startServer(["--tls", "--cert", certificates.serverCertificate, "--key", key]).0
+            #expect(other.stderr.contains("readable by group 65534, which this server is not in"), "\(other.stderr)")
+            other.terminate()
+            _ = await other.exitStatus()
+        }
     }
 
     @Test("gen-certs.sh --force writes each key to a new 0600 file, never into the old file; it refuses symlinks")
