@@ -28,10 +28,11 @@ public struct IdentityPolicy: Sendable, Equatable {
         self.commonNames.isEmpty && self.dnsNames.isEmpty && self.uris.isEmpty && self.publicKeySHA256.isEmpty
     }
 
-    /// A SHA-256 digest written in hex, either case, colons allowed (`openssl dgst -sha256` prints it so); nil
-    /// when it is not 32 bytes of hex.
+    /// A SHA-256 digest written in hex, either case, colons allowed, with or without the label `openssl dgst
+    /// -sha256` puts before it (`SHA2-256(stdin)= `); nil when it is not 32 bytes of hex.
     public static func digest(hex text: String) -> [UInt8]? {
-        let digits = Array(text.utf8.filter { $0 != UInt8(ascii: ":") })
+        let bare = text.split(separator: "= ", omittingEmptySubsequences: false).last ?? Substring(text)
+        let digits = Array(bare.utf8.filter { $0 != UInt8(ascii: ":") })
         guard digits.count == 64 else { return nil }
         var bytes: [UInt8] = []
         for index in stride(from: 0, to: 64, by: 2) {
@@ -94,8 +95,10 @@ struct CertificateIdentity {
         }
     }
 
+    /// A common name counts only in a certificate with exactly one: with several, which one names the holder is
+    /// anyone's guess, and a CA that let a requester add one would let it add an allowed name.
     func allowed(by policy: IdentityPolicy) -> Bool {
-        policy.commonNames.contains(where: self.commonNames.contains)
+        (self.commonNames.count == 1 && policy.commonNames.contains(self.commonNames[0]))
             || policy.dnsNames.contains(where: self.dnsNames.contains)
             || policy.uris.contains(where: self.uris.contains)
             || (!self.publicKeySHA256.isEmpty && policy.publicKeySHA256.contains(self.publicKeySHA256))
@@ -132,9 +135,10 @@ extension String {
     }
 }
 
-/// OpenSSL's verify callback for contexts with an identity policy (or that accept stale CRLs): at the leaf
-/// (depth 0), once the chain has verified, the leaf must match the policy; otherwise the handshake fails with an
-/// alert, and the connection remembers what was refused for its error.
+/// OpenSSL's verify callback for servers that ask for client certificates and for clients with an identity policy:
+/// at the leaf (depth 0), once the chain has verified, a server refuses a CA certificate, and the leaf must match
+/// the policy if there is one; otherwise the handshake fails with an alert, and the connection remembers what was
+/// refused for its error. It also accepts a stale CRL when told to.
 func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> Int32 {
     guard let store, let connection = connection(verifying: store) else { return preverified }
     // A CRL past its next update, accepted when the server was told to (it warned at start).
@@ -142,11 +146,18 @@ func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> In
         X509_STORE_CTX_set_error(store, X509_V_OK)
         return 1
     }
-    // The leaf, once its chain has verified, against the policy (a context can have a callback for stale CRLs
-    // alone: then nothing is read from the certificate).
-    guard preverified == 1, X509_STORE_CTX_get_error_depth(store) == 0, let policy = connection.identityPolicy,
+    guard preverified == 1, X509_STORE_CTX_get_error_depth(store) == 0,
         let certificate = X509_STORE_CTX_get_current_cert(store)
     else { return preverified }
+    // A server takes a client's own certificate only, not a CA's (basicConstraints CA:TRUE), whatever it names.
+    if connection.isServer && X509_check_ca(certificate) == 1 {
+        connection.refusedIdentity = "a CA certificate (CA:TRUE), not a client's own"
+        X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
+        return 0
+    }
+    // The leaf, once its chain has verified, against the policy (a context can have a callback for stale CRLs
+    // alone: then nothing is read from the certificate).
+    guard let policy = connection.identityPolicy else { return preverified }
     let identity = CertificateIdentity(certificate, digest: connection.identityDigest)
     guard !identity.allowed(by: policy) else { return 1 }
     connection.refusedIdentity = identity.description

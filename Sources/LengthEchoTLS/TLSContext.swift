@@ -86,8 +86,11 @@ public final class TLSContext: @unchecked Sendable {
     public private(set) var revocation: RevocationPolicy?
     /// Server role: the CRLs past their next-update date when loaded (set while the context is built).
     public private(set) var staleCRLs: [String] = []
-    /// Whether the verify callback has work to do (an identity policy, or stale CRLs to accept).
-    var needsVerifyCallback: Bool { self.identityPolicy != nil || self.revocation?.allowStale == true }
+    /// Whether the verify callback has work to do: a server verifying clients (which must send a leaf, not a CA),
+    /// an identity policy, or stale CRLs to accept.
+    var needsVerifyCallback: Bool {
+        (self.isServer && self.verifiesPeer) || self.identityPolicy != nil || self.revocation?.allowStale == true
+    }
     /// SHA-256, fetched from the provider once for the identity policy's SPKI digests (`EVP_sha256()` would
     /// fetch it again for every certificate checked); nil without a policy. Owned here, freed in deinit.
     let identityDigest: OpaquePointer?

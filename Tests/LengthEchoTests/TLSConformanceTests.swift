@@ -139,6 +139,69 @@ struct TLSConformanceTests {
     }
 }
 
+@Suite("Client identities: a leaf, with one common name", .timeLimit(.minutes(1)))
+struct ClientLeafTests {
+    @Test("a CA certificate offered as a client's is refused; so is a certificate with two CNs, one of them allowed")
+    func leafOnly() async throws {
+        let certificates = try TestCertificates.generate("leaf-only")
+        let directory = certificates.directory
+        // A client certificate with two CN attributes, the allowed one second, signed by the same CA.
+        let made = try run(
+            "/bin/sh",
+            [
+                "-c",
+                "cd \(directory) && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout two.key "
+                    + "-subj '/CN=someone else/CN=length-echo client' -out two.csr 2>&1 && printf 'extendedKeyUsage = clientAuth\\n' > two.ext "
+                    + "&& openssl x509 -req -in two.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile two.ext -out two.pem 2>&1"
+                    // A sub-CA (CA:TRUE, no key usage limits) named as an allowed client.
+                    + " && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout sub.key "
+                    + "-subj '/CN=length-echo client' -out sub.csr 2>&1 && printf 'basicConstraints = critical,CA:TRUE\\n' > sub.ext "
+                    + "&& openssl x509 -req -in sub.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile sub.ext -out sub.pem 2>&1",
+            ])
+        #expect(made.status == 0, "\(made.output)")
+        let context = try TLSContext.server(
+            certificateChain: certificates.serverCertificate, privateKey: certificates.serverKey,
+            clientCA: certificates.ca, clientAuthentication: .required,
+            allowedClients: IdentityPolicy(commonNames: ["length-echo client", "length-echo test CA"]))
+        let server = try await startServer { $0.tls = context }
+        for (name, certificate, key, allowed) in [
+            ("the client's own", certificates.clientCertificate, certificates.clientKey, true),
+            ("the CA's", certificates.ca, directory + "/ca.key", false),
+            ("a sub-CA's", directory + "/sub.pem", directory + "/sub.key", false),
+            ("two CNs", directory + "/two.pem", directory + "/two.key", false),
+        ] {
+            var configuration = ClientConfiguration(port: server.port)
+            configuration.serverName = "localhost"
+            configuration.tls = try TLSContext.client(
+                trustRoots: .file(certificates.ca), certificateChain: certificate, privateKey: key)
+            let client = LengthEchoClient(configuration: configuration)
+            let reply = try? await client.send(bytes("me"))
+            #expect((reply?.text == "2 : me") == allowed, "\(name)")
+            await client.close()
+        }
+        await server.shutdown()
+    }
+}
+
+@Suite("SPKI digests as openssl prints them", .timeLimit(.minutes(1)))
+struct DigestTextTests {
+    @Test("--allow-spki-sha256 takes what the README's openssl dgst pipeline prints, prefix and all")
+    func opensslOutput() throws {
+        let certificates = try TestCertificates.generate("digest-text")
+        let printed = try run(
+            "/bin/sh",
+            [
+                "-c",
+                "openssl x509 -in \(certificates.clientCertificate) -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256",
+            ]
+        ).output.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(printed.hasPrefix("SHA2-256(stdin)= ") || printed.hasPrefix("(stdin)= "), "\(printed)")
+        let digest = try #require(IdentityPolicy.digest(hex: printed), "\(printed)")
+        #expect(IdentityPolicy.digest(hex: try spkiSHA256(certificates.clientCertificate)) == digest)
+        #expect(IdentityPolicy.digest(hex: "SHA2-256(stdin)= 12") == nil)
+    }
+}
+
 @Suite("Client CRLs are checked against the client CA when loaded", .timeLimit(.minutes(1)))
 struct CRLLoadingTests {
     private let gen = TestCertificates.packageRoot + "/scripts/gen-certs.sh"
