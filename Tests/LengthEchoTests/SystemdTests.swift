@@ -222,4 +222,20 @@ struct SystemdTests {
         #expect(result.status == 0, "\(result.output)")
         #expect(!result.output.contains("length-echo"), "warnings about the units: \(result.output)")
     }
+
+    @Test("the unit's Documentation= anchor is a heading of the README")
+    func documentationAnchor() throws {
+        let root = TestCertificates.packageRoot
+        let unit = try String(contentsOfFile: root + "/deploy/systemd/length-echo.service", encoding: .utf8)
+        let line = try #require(unit.split(separator: "\n").first { $0.hasPrefix("Documentation=") })
+        let anchor = try #require(line.split(separator: "#").last.map(String.init))
+        let readme = try String(contentsOfFile: root + "/README.md", encoding: .utf8)
+        // GitHub's anchors: the heading in lower case, spaces as dashes, punctuation other than dashes dropped.
+        let anchors = readme.split(separator: "\n").filter { $0.hasPrefix("#") }.map { heading in
+            String(
+                heading.drop { $0 == "#" }.trimmingCharacters(in: .whitespaces).lowercased()
+                    .compactMap { $0 == " " ? "-" : ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : nil) })
+        }
+        #expect(anchors.contains(anchor), "\(anchor) is not among \(anchors)")
+    }
 }
