@@ -67,9 +67,10 @@ struct StatusTests {
             [
                 try http("/nothing", port: status).status, try http("/metrics", method: "POST", port: status).status,
                 try http(port: status, raw: "BREW /pot HTCPCP/1.0 \u{1}\r\n\r\n").status,
+                try http(port: status, raw: "GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").status,
             ]
         }
-        #expect(refusals == [404, 405, 400])
+        #expect(refusals == [404, 405, 400, 413])
         // A too-large message and a busy refusal are counted by kind once their connections end.
         #expect(try await blocking { try http("/healthz", port: status).status } == 200, "it goes on serving")
     }
