@@ -25,7 +25,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private enum State {
+    enum State {
         /// Reading messages and answering them.
         case serving
         /// The last replies are being written (since then); the connection closes once they are out.
@@ -50,23 +50,23 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     /// Who is on the other end, as the stages before this one established it, and what the connection line
     /// will say: this stage counts messages and bytes and says why the connection ended.
     let record: ConnectionRecord
-    private var state = State.serving
+    private(set) var state = State.serving
     /// What has arrived and is not yet a whole message (nothing, between messages).
     private var framer: MessageFramer
     /// Replies produced in the current read burst, written when it ends.
     private var replies: ByteBuffer
     private let empty: ByteBuffer
-    private let idleTimeout: TimeAmount
-    private let messageTimeout: TimeAmount
+    let idleTimeout: TimeAmount
+    let messageTimeout: TimeAmount
     /// When a byte last arrived, or the peer last took replies after a stall.
-    private var lastActivity = NIODeadline.now()
+    private(set) var lastActivity = NIODeadline.now()
     /// When the first byte of the message in progress arrived (nil between messages).
-    private var messageStarted: NIODeadline?
+    private(set) var messageStarted: NIODeadline?
     /// Since when the peer has not been taking its replies (reads are held meanwhile).
-    private var stalledSince: NIODeadline?
+    private(set) var stalledSince: NIODeadline?
     private var watched = false
     private var lingerTimer: Scheduled<Void>?
-    private var draining = false
+    private(set) var draining = false
     private let onMessage: (@Sendable (ByteBuffer, ConnectionPeer) -> Void)?
     private let logger: Logger
     private let loopState: ServerLoopState
@@ -127,7 +127,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         let now = NIODeadline.now()
         self.lastActivity = now
         let bytes = self.unwrapInboundIn(data)
-        if self.record.bytesIn == 0 && !self.behindTLS && Self.looksLikeClientHello(bytes) {
+        if self.record.bytesIn == 0 && !self.behindTLS && PeerSigns.looksLikeClientHello(bytes) {
             self.record.bytesIn += bytes.readableBytes
             self.reject(
                 context: context, reason: "this port speaks plaintext, not TLS: connect without TLS", end: .notPlaintext
@@ -168,17 +168,6 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
             }
         }
         context.fireChannelReadComplete()
-    }
-
-    /// Whether a connection's first bytes are a TLS ClientHello: a handshake record (22) of version 3.x whose
-    /// message, where it has arrived, is a ClientHello (1). A plaintext message that starts so is improbable; a
-    /// TLS client that got its bytes echoed back would only see garbage.
-    static func looksLikeClientHello(_ bytes: ByteBuffer) -> Bool {
-        let head = bytes.readableBytesView.prefix(6)
-        guard head.count >= 3 else { return false }
-        let start = head.startIndex
-        return head[start] == 0x16 && head[start + 1] == 0x03 && head[start + 2] <= 0x04
-            && (head.count < 6 || head[start + 5] == 0x01)
     }
 
     private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
@@ -301,7 +290,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     /// Writes what replies are left and closes once they are on the wire.
-    private func closeAfterReplies(context: ChannelHandlerContext) {
+    func closeAfterReplies(context: ChannelHandlerContext) {
         self.state = .closing(since: .now())
         let out = self.replies
         self.replies = self.empty
@@ -314,7 +303,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     /// Answers `error: <reason>` and closes so that the error arrives even while the client is still
     /// sending: shut our write side, discard input for a while, then close.
-    private func reject(context: ChannelHandlerContext, reason: String, end: ConnectionEnd) {
+    func reject(context: ChannelHandlerContext, reason: String, end: ConnectionEnd) {
         self.record.end(end, detail: reason)
         self.state = .rejecting
         self.framer.discard()
@@ -333,7 +322,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     /// Closes at once, without a word: the peer cannot or will not take one.
-    private func abort(context: ChannelHandlerContext, reason: String, end: ConnectionEnd) {
+    func abort(context: ChannelHandlerContext, reason: String, end: ConnectionEnd) {
         self.record.end(end, detail: reason)
         self.log(.notice, "closing connection: \(reason)")
         self.framer.discard()
@@ -342,16 +331,10 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A peer that resets or vanishes is routine: not worth an info line each (its connection line says it).
-        let routine = Self.isRoutine(error)
+        let routine = PeerSigns.isRoutine(error)
         self.record.end(routine ? .reset : .error, detail: "\(error)")
         self.log(routine ? .debug : .info, "connection error: \(error)")
         context.close(promise: nil)
-    }
-
-    private static func isRoutine(_ error: any Error) -> Bool {
-        if let error = error as? IOError { return error.errnoCode == ECONNRESET || error.errnoCode == EPIPE }
-        if let error = error as? TLSError { return error.kind == .uncleanShutdown }
-        return false
     }
 
     /// One line about this connection, within the loop's budget of lines per second.
@@ -375,84 +358,4 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
         self.watched = false
         self.loopState.forget(self)
     }
-
-    /// Called by the loop's sweep: closes the connection once one of its deadlines has passed.
-    func checkDeadlines(now: NIODeadline, context: ChannelHandlerContext) {
-        switch self.state {
-        case .serving:
-            if let stalled = self.stalledSince {
-                if now >= stalled + self.idleTimeout {
-                    self.abort(
-                        context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s",
-                        end: .notReading)
-                }
-            } else if let started = self.messageStarted {
-                if now >= started + self.messageTimeout {
-                    self.reject(
-                        context: context,
-                        reason: "timed out: the message was not finished within \(Self.seconds(self.messageTimeout)) s "
-                            + "(the message timeout)",
-                        end: .messageTimeout
-                    )
-                } else if now >= self.lastActivity + self.idleTimeout {
-                    self.reject(
-                        context: context,
-                        reason: "timed out: nothing arrived for \(Self.seconds(self.idleTimeout)) s in the middle of a "
-                            + "message (the idle timeout)",
-                        end: .idleMidMessage
-                    )
-                }
-            } else if self.draining && now >= self.lastActivity + Self.drainGrace {
-                self.record.end(.drained)
-                self.closeAfterReplies(context: context)
-            } else if now >= self.lastActivity + self.idleTimeout {
-                self.record.end(.idle)
-                self.closeAfterReplies(context: context)
-            }
-        case .closing(let since):
-            if now >= since + self.idleTimeout {
-                self.abort(
-                    context: context, reason: "the peer took no replies for \(Self.seconds(self.idleTimeout)) s",
-                    end: .notReading)
-            }
-        case .rejecting:
-            break  // the linger timer closes it
-        }
-    }
-
-    private static func seconds(_ amount: TimeAmount) -> String {
-        formatSeconds(amount.seconds)
-    }
-}
-
-/// Answers a connection over the server's limit with one error line, then closes it.
-final class BusyRejectHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    private let refusal: ByteBuffer
-
-    init(refusal: ByteBuffer) {
-        self.refusal = refusal
-    }
-
-    private var sent = false
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { self.refuse(context: context) }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        self.refuse(context: context)
-    }
-
-    private func refuse(context: ChannelHandlerContext) {
-        guard !self.sent else { return }
-        self.sent = true
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(self.wrapOutboundOut(self.refusal), promise: written)
-        written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
