@@ -129,8 +129,11 @@ struct DrainLineTests {
         "a connection closed by the drain after its half-sent message is answered is logged end=drained (so no error is counted)"
     )
     func halfSentMessage() async throws {
+        // The drain timeout is far longer than the test needs: under a loaded suite this test's task can wait
+        // seconds for a thread between the drain's start and its next write, and the connection must still be
+        // open to finish its message then (a 5 s timeout once closed it first: end=drain-timeout, no reply).
         let (server, port) = try await startServerExecutable([
-            "--quiet", "--log-format", "json", "--drain-timeout", "5",
+            "--quiet", "--log-format", "json", "--drain-timeout", "40",
         ])
         defer { server.terminate(signal: SIGKILL) }
         let socket = try await blocking { () -> RawSocket in
