@@ -37,14 +37,14 @@ let package = Package(
             ]
         ),
         // The TLS layer: an owned SSL_CTX per role and one NIO handler driving OpenSSL through a ByteBuffer
-        // BIO. OpenSSL is an internal import: no OpenSSL type appears in its interface.
+        // BIO. OpenSSL is an internal import: no OpenSSL type appears in its interface. It logs nothing: what
+        // happened reaches the stages above as events and errors.
         .target(
             name: "LengthEchoTLS",
             dependencies: [
                 "COpenSSL",
                 "LengthEchoCore",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Server and client: listeners, the connection pipeline, the protocol handlers, the status port

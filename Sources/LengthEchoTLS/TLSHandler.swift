@@ -1,5 +1,4 @@
 import LengthEchoCore
-import Logging
 import NIOCore
 
 /// Events the TLS handler sends up the pipeline.
@@ -66,10 +65,6 @@ public final class TLSHandler: ChannelDuplexHandler {
     let connection: TLSConnection
     private let handshakeTimeout: TimeAmount
     let shutdownTimeout: TimeAmount
-    private let logger: Logger?
-    private let peer: ConnectionPeer?
-    /// The loop's budget of log lines per second, when the pipeline's owner shares one.
-    private let logBudget: LogBudget?
     /// Server role: what to send a client that speaks plaintext to this port (nil: close without a word).
     private let plaintextRefusal: ByteBuffer?
     /// This event loop's reusable buffers, when the pipeline's owner provides them.
@@ -90,7 +85,6 @@ public final class TLSHandler: ChannelDuplexHandler {
     ///   - handshakeCompleted: completed with what the handshake agreed on, or failed with why it failed.
     ///   - plaintextRefusal: server role: the bytes to answer a client that speaks plaintext to this port
     ///     (the protocol's own error reply); nil closes such a connection without a word.
-    ///   - peer: who is on the other end, for log lines.
     public init(
         context: TLSContext,
         expectedHost: String? = nil,
@@ -99,10 +93,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         handshakeCompleted: EventLoopPromise<TLSConnectionInfo>? = nil,
         resuming session: TLSSession? = nil,
         plaintextRefusal: ByteBuffer? = nil,
-        buffers: LoopBuffers? = nil,
-        peer: ConnectionPeer? = nil,
-        logger: Logger? = nil,
-        logBudget: LogBudget? = nil
+        buffers: LoopBuffers? = nil
     ) throws(TLSError) {
         self.connection = try TLSConnection(context: context, expectedHost: expectedHost, session: session)
         self.handshakeTimeout = handshakeTimeout
@@ -110,9 +101,6 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.state = .idle(handshakeCompleted)
         self.plaintextRefusal = plaintextRefusal
         self.buffers = buffers
-        self.peer = peer
-        self.logger = logger
-        self.logBudget = logBudget
     }
 
     /// Client role: the session to resume on the next connection. With TLS 1.3 it arrives after the handshake,
@@ -173,11 +161,10 @@ public final class TLSHandler: ChannelDuplexHandler {
         handshake.promise?.fail(error)
         self.writes.failAll(error)
         if self.connection.isServer {
-            // Log it here and keep serving everyone else. Send the alert that tells the client why, shut our
-            // side, and discard its input for a while: closing at once would answer the client's unread bytes
-            // with a reset that can destroy the alert before the client reads it. A stalled peer has nothing
-            // to read: it loses its slot at once.
-            self.log(.info, "\(error)")
+            // Report it to the stages above (which say why the connection ended) and keep serving everyone
+            // else. Send the alert that tells the client why, shut our side, and discard its input for a while:
+            // closing at once would answer the client's unread bytes with a reset that can destroy the alert
+            // before the client reads it. A stalled peer has nothing to read: it loses its slot at once.
             self.state = .closed(failure: error)
             context.fireUserInboundEventTriggered(TLSEvent.handshakeFailed(error))
             if case .handshakeTimeout = error.kind {
@@ -221,12 +208,6 @@ public final class TLSHandler: ChannelDuplexHandler {
         case .refusing(let linger): linger.cancel()
         case .idle, .active, .outputClosed, .closed: break
         }
-    }
-
-    private func log(_ level: Logger.Level, _ message: Logger.Message) {
-        guard let logger = self.logger, logger.logLevel <= level else { return }
-        if let budget = self.logBudget, !budget.allow(logger: logger) { return }
-        logger.log(level: level, message, metadata: self.peer?.loggerMetadata)
     }
 
     // MARK: read
@@ -311,10 +292,6 @@ public final class TLSHandler: ChannelDuplexHandler {
             let error = TLSError(.peerNotTLS, "the client did not speak TLS", cause: .peerNotTLS)
             handshake.promise?.fail(error)
             context.fireUserInboundEventTriggered(TLSEvent.handshakeFailed(error))
-            self.log(
-                .notice,
-                "a plaintext client connected to the TLS port\(self.plaintextRefusal == nil ? "" : "; answered with an error")"
-            )
             self.state = .closed(failure: nil)
             if let refusal = self.plaintextRefusal {
                 context.write(self.wrapOutboundOut(refusal), promise: nil)

@@ -75,6 +75,11 @@ struct ConnectionLogTests {
         let lines = await waitForConnectionLines(server, count: 2)
         let ends = Set(lines.compactMap { $0["end"] as? String })
         #expect(ends == ["handshake-failed", "not-tls"])
+        // Each is said once, in its connection line: the TLS layer logs nothing of its own.
+        server.terminate()
+        _ = await server.exitStatus()
+        let perConnection = server.stderr.split(separator: "\n").filter { $0.contains("\"peer\"") }
+        #expect(perConnection.count == 2, "\(server.stderr)")
     }
 
     @Test("text format: readable, the reason last, a peer's string quoted so it cannot forge a field")

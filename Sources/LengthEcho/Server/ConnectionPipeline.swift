@@ -4,11 +4,14 @@ import NIOCore
 
 /// The one place a server connection's pipeline is built, stage by stage, lowest first:
 ///
-///     socket → [PROXY protocol] → admission (the connection cap) → [TLS] → protocol (framing, replies, timeouts)
+///     socket → [PROXY protocol] → admission → [TLS] → protocol (LengthEchoServerHandler)
 ///
-/// A new stage is one line here. Every stage shares the connection's `ConnectionRecord` (and in it the
-/// `ConnectionPeer`), so whoever learns who the client really is (a PROXY header) tells all the others, and
-/// whoever ends the connection says why in its one log line.
+/// The PROXY stage, when configured, learns who the client is before anything else can be decided, so the
+/// stages after it are added once it has (`serve`, handed to it). Admission is not a handler: it decides once,
+/// and a refused connection gets a one-line answer (`BusyRejectHandler`) or none. Every stage shares the
+/// connection's `ConnectionRecord`, so whoever learns who the client really is tells the others, and whoever
+/// ends the connection says why. When the channel closes, `ServerLoopState.connectionClosed` accounts for it:
+/// the one place its line is logged and what it held released.
 enum ConnectionPipeline {
     /// Socket reads grow up to 128 KiB (NIO's default stops at 64 KiB), so a 64 KiB message with its TLS
     /// records' overhead arrives in one read rather than two; they shrink again when reads get small. They
@@ -22,110 +25,78 @@ enum ConnectionPipeline {
         configuration: ServerConfiguration,
         loopState: ServerLoopState,
         tls: TLSContext?,
-        tracker: ConnectionTracker,
-        limits: AddressLimits
+        admission: Admission
     ) throws {
         // A client's half-close is its last message, not the end of the conversation.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
         try channel.syncOptions?.setOption(.recvAllocator, value: Self.readSizes)
-        let record = ConnectionRecord(peer: ConnectionPeer(address: channel.remoteAddress))
-        let logger = configuration.logger
-        let sink = configuration.connectionLog
-        var admittedAddress: AddressKey?
+        let record = ConnectionRecord(peer: ConnectionPeer(address: channel.remoteAddress), started: .now())
         channel.closeFuture.assumeIsolated().whenComplete { _ in
-            if let key = admittedAddress { limits.release(key) }
-            record.log(to: logger, sink: sink)
-            loopState.ended(record)
+            loopState.connectionClosed(channel, record: record)
         }
-
-        // The stages after the peer is known: admission (who may connect, how many from one address, how
-        // fast they may make us do TLS handshakes, the cap), then TLS and the protocol.
         let serve = { (pipeline: ChannelPipeline.SynchronousOperations) throws in
-            if let policy = configuration.addressPolicy, let why = policy.refusal(for: record.peer.address) {
-                record.end(.denied, detail: why)
-                channel.close(promise: nil)
-                return
-            }
-            let key = AddressKey(record.peer.address)
-            if let key {
-                guard limits.admit(key) else {
-                    record.end(.perAddressLimit)
-                    try pipeline.addHandler(BusyRejectHandler(refusal: loopState.perAddressRefusal))
-                    return
-                }
-                admittedAddress = key
-                if tls != nil {
-                    let (allowed, log) = limits.takeHandshake(key)
-                    guard allowed else {
-                        if log {
-                            logger.notice(
-                                "refusing TLS handshakes from this address: more than \(limits.handshakesPerSecond ?? 0) a second",
-                                metadata: record.peer.loggerMetadata)
-                        }
-                        record.end(.handshakeRate)
-                        channel.close(promise: nil)
-                        return
-                    }
-                }
-            }
-            guard tracker.admit() else {
-                if loopState.logBudget.allow(logger: logger) {
-                    logger.warning(
-                        "refusing a connection: \(tracker.limit) connections are open, the limit",
-                        metadata: record.peer.loggerMetadata)
-                }
-                record.end(.busy)
-                try pipeline.addHandler(BusyRejectHandler(refusal: loopState.busyRefusal))
-                return
-            }
-            do {
-                if let tls {
-                    try pipeline.addHandler(
-                        TLSHandler(
-                            context: tls,
-                            handshakeTimeout: configuration.handshakeTimeout,
-                            plaintextRefusal: loopState.plaintextRefusal,
-                            buffers: loopState.buffers,
-                            peer: record.peer,
-                            logger: logger,
-                            logBudget: loopState.logBudget
-                        )
-                    )
-                }
-                try pipeline.addHandler(
-                    LengthEchoServerHandler(
-                        configuration: configuration, loopState: loopState, tracker: tracker, record: record)
-                )
-            } catch {
-                // The protocol handler, which releases the slot when removed, is not in place.
-                tracker.release()
-                throw error
-            }
+            try Self.serve(
+                channel, pipeline, record: record, configuration: configuration, loopState: loopState, tls: tls,
+                admission: admission)
         }
-
-        let pipeline = channel.pipeline.syncOperations
         do {
-            try Self.stages(pipeline, proxy: configuration.proxyProtocol, record: record, serve: serve)
+            if let proxy = configuration.proxyProtocol {
+                try channel.pipeline.syncOperations.addHandler(
+                    ProxyProtocolHandler(trusted: proxy.trustedSources, timeout: proxy.headerTimeout, record: record) {
+                        context in try serve(context.pipeline.syncOperations)
+                    }
+                )
+            } else {
+                try serve(channel.pipeline.syncOperations)
+            }
         } catch {
             record.end(.error, detail: "the connection could not be set up: \(error)")
             throw error
         }
     }
 
-    private static func stages(
+    /// The stages after the peer is known: admission, then TLS and the protocol.
+    private static func serve(
+        _ channel: any Channel,
         _ pipeline: ChannelPipeline.SynchronousOperations,
-        proxy: ProxyProtocolConfiguration?,
         record: ConnectionRecord,
-        serve: @escaping (ChannelPipeline.SynchronousOperations) throws -> Void
+        configuration: ServerConfiguration,
+        loopState: ServerLoopState,
+        tls: TLSContext?,
+        admission: Admission
     ) throws {
-        if let proxy {
+        switch admission.admit(record.peer.address) {
+        case .refused(let end, let detail, let reply, let note):
+            record.end(end, detail: detail)
+            if let note, loopState.logBudget.allow(logger: configuration.logger) {
+                configuration.logger.log(
+                    level: note.level, "\(note.message)", metadata: record.peer.loggerMetadata)
+            }
+            switch reply {
+            case .none: channel.close(promise: nil)
+            case .busy: try pipeline.addHandler(BusyRejectHandler(refusal: loopState.busyRefusal))
+            case .perAddressBusy: try pipeline.addHandler(BusyRejectHandler(refusal: loopState.perAddressRefusal))
+            }
+        case .admitted(let ticket):
+            // Held from here: released when the channel closes, whatever happens next.
+            record.ticket = ticket
+            if let tls {
+                try pipeline.addHandler(
+                    TLSHandler(
+                        context: tls,
+                        handshakeTimeout: configuration.handshakeTimeout,
+                        plaintextRefusal: loopState.plaintextRefusal,
+                        buffers: loopState.buffers
+                    )
+                )
+            }
+            // Behind PROXY the protocol's clock starts once the header is read; else at accept.
+            let now = configuration.proxyProtocol == nil ? record.started : .now()
             try pipeline.addHandler(
-                ProxyProtocolHandler(trusted: proxy.trustedSources, timeout: proxy.headerTimeout, record: record) {
-                    context in try serve(context.pipeline.syncOperations)
-                }
+                LengthEchoServerHandler(
+                    configuration: configuration, buffers: loopState.buffers, record: record, now: now)
             )
-        } else {
-            try serve(pipeline)
+            loopState.serve(channel, record: record)
         }
     }
 }

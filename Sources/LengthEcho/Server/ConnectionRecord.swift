@@ -56,6 +56,10 @@ public final class ConnectionRecord {
     public var bytesIn = 0
     public var bytesOut = 0
     public var tls: TLSConnectionInfo?
+    /// From accept to the end of the TLS handshake, once it has finished.
+    private(set) var handshakeDuration: TimeAmount?
+    /// What the connection counts against, from its admission to its close.
+    var ticket: AdmissionTicket?
     public private(set) var end: ConnectionEnd?
     /// More about the end, when there is more to say (a TLS failure, a PROXY refusal).
     public private(set) var detail: String?
@@ -63,6 +67,12 @@ public final class ConnectionRecord {
     public init(peer: ConnectionPeer, started: NIODeadline = .now()) {
         self.peer = peer
         self.started = started
+    }
+
+    /// The TLS handshake finished at `now`, agreeing on `info`.
+    func handshakeCompleted(_ info: TLSConnectionInfo, at now: NIODeadline) {
+        self.tls = info
+        self.handshakeDuration = now - self.started
     }
 
     public func end(_ reason: ConnectionEnd, detail: String? = nil) {
@@ -99,14 +109,14 @@ public final class ConnectionRecord {
 
     /// The connection line: to `sink` when the server was given one, else to `logger` at `info` (`debug` for
     /// a balancer's health check).
-    func log(to logger: Logger, sink: (@Sendable (ConnectionSummary) -> Void)?) {
+    func log(to logger: Logger, sink: (@Sendable (ConnectionSummary) -> Void)?, now: NIODeadline) {
         if let sink {
-            sink(self.summary())
+            sink(self.summary(now: now))
             return
         }
         let level: Logger.Level = self.isHealthCheck ? .debug : .info
         guard logger.logLevel <= level else { return }
-        logger.log(level: level, "connection ended", metadata: self.metadata())
+        logger.log(level: level, "connection ended", metadata: self.metadata(now: now))
     }
 }
 

@@ -155,6 +155,8 @@ public final class LengthEchoServer: Sendable {
             maximumOpen: configuration.maximumConnectionsPerAddress,
             handshakesPerSecond: configuration.handshakesPerSecondPerAddress)
         let tls = TLSContextHolder(configuration.tls)
+        let admission = Admission(
+            policy: configuration.addressPolicy, limits: limits, tracker: tracker, tls: configuration.tls != nil)
         let loops = Array(group.makeIterator())
         let metrics = ServerMetrics(loops: loops.count, tls: configuration.tls != nil)
         metrics.certificate(notAfter: configuration.tls?.certificateNotAfter)
@@ -185,8 +187,7 @@ public final class LengthEchoServer: Sendable {
                     fallback: loopStates[0],
                     tls: tls,
                     configuration: configuration,
-                    tracker: tracker,
-                    limits: limits,
+                    admission: admission,
                     ipv6Only: ipv6Only
                 )
             }
@@ -235,8 +236,7 @@ public final class LengthEchoServer: Sendable {
         fallback: NIOLoopBound<ServerLoopState>,
         tls: TLSContextHolder,
         configuration: ServerConfiguration,
-        tracker: ConnectionTracker,
-        limits: AddressLimits,
+        admission: Admission,
         ipv6Only: Bool
     ) -> ServerBootstrap {
         var bootstrap = ServerBootstrap(group: loop, childGroup: childGroup)
@@ -265,8 +265,7 @@ public final class LengthEchoServer: Sendable {
                         configuration: configuration,
                         loopState: (loopStates[ObjectIdentifier(channel.eventLoop)] ?? fallback).value,
                         tls: tls.current,
-                        tracker: tracker,
-                        limits: limits
+                        admission: admission
                     )
                 }
             }

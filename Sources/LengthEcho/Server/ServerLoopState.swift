@@ -1,4 +1,5 @@
 import LengthEchoCore
+import Logging
 import NIOCore
 
 #if canImport(Glibc)
@@ -19,10 +20,13 @@ final class ServerLoopState {
     let busyRefusal: ByteBuffer
     /// The answer to a connection from an address that has its maximum open.
     let perAddressRefusal: ByteBuffer
-    private var connections: [ObjectIdentifier: (handler: LengthEchoServerHandler, context: ChannelHandlerContext)] =
-        [:]
+    /// This loop's served connections and their records, from admission to close. The loop tells them of its
+    /// sweep and drain through their pipelines (`LoopEvent`, `ChannelShouldQuiesceEvent`).
+    private var connections: [ObjectIdentifier: (channel: any Channel, record: ConnectionRecord)] = [:]
     /// The server's metrics (shared by every loop; published from the loops' totals).
     let metrics: ServerMetrics
+    private let logger: Logger
+    private let connectionLog: (@Sendable (ConnectionSummary) -> Void)?
     /// What this loop's connections that ended amount to.
     private var ended = ConnectionTotals()
     private var sweep: Scheduled<Void>?
@@ -30,12 +34,14 @@ final class ServerLoopState {
     private var peak = 0
     /// Set once the server drains: completed when the last connection of this loop is gone.
     private var drained: EventLoopPromise<Void>?
-    private let loop: any EventLoop
+    let loop: any EventLoop
     private let interval: TimeAmount
 
     init(loop: any EventLoop, configuration: ServerConfiguration, metrics: ServerMetrics) {
         self.loop = loop
         self.metrics = metrics
+        self.logger = configuration.logger
+        self.connectionLog = configuration.connectionLog
         // Deadlines are found within a quarter of the shortest timeout (at most a second late).
         let shortest = min(configuration.idleTimeout.nanoseconds, configuration.messageTimeout.nanoseconds)
         self.interval = .nanoseconds(min(max(shortest / 4, 10_000_000), 1_000_000_000))
@@ -51,23 +57,32 @@ final class ServerLoopState {
         )
     }
 
-    func watch(_ handler: LengthEchoServerHandler, context: ChannelHandlerContext) {
-        self.connections[ObjectIdentifier(handler)] = (handler, context)
+    /// An admitted connection's protocol stage is in place: the sweep and the drain reach it from now on.
+    func serve(_ channel: any Channel, record: ConnectionRecord) {
+        self.connections[ObjectIdentifier(channel)] = (channel, record)
         self.peak = max(self.peak, self.connections.count)
         if self.sweep == nil { self.scheduleSweep() }
         // Accepted while the server drains (it was in flight when the listeners closed): served like the rest.
-        if self.drained != nil { handler.drain(now: .now(), context: context) }
+        if self.drained != nil {
+            channel.pipeline.syncOperations.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
     }
 
-    func forget(_ handler: LengthEchoServerHandler) {
-        self.connections.removeValue(forKey: ObjectIdentifier(handler))
-        if self.connections.isEmpty { self.drained?.succeed() }
-    }
-
-    /// A connection of this loop ended: its line's values join the loop's totals.
-    func ended(_ record: ConnectionRecord) {
+    /// The one place a connection's end is accounted for, whatever ended it: what it held is released, its line
+    /// is logged, its counts join the loop's totals and the metrics.
+    func connectionClosed(_ channel: any Channel, record: ConnectionRecord) {
+        record.ticket?.release()
+        record.ticket = nil
+        if self.connections.removeValue(forKey: ObjectIdentifier(channel)) != nil, self.connections.isEmpty {
+            self.drained?.succeed()
+        }
+        let now = NIODeadline.now()
+        record.log(to: self.logger, sink: self.connectionLog, now: now)
         self.ended.add(record)
-        self.metrics.connectionSeconds.recordNanoseconds((NIODeadline.now() - record.started).nanoseconds)
+        self.metrics.connectionSeconds.recordNanoseconds((now - record.started).nanoseconds)
+        if let handshake = record.handshakeDuration {
+            self.metrics.handshakeSeconds.recordNanoseconds(handshake.nanoseconds)
+        }
     }
 
     /// How many connections this loop has taken: those that ended and those open.
@@ -76,7 +91,7 @@ final class ServerLoopState {
     /// This loop's totals: the connections that ended, and those still open as they stand now.
     func totals() -> ConnectionTotals {
         var totals = self.ended
-        for entry in self.connections.values { totals.add(entry.handler.record) }
+        for entry in self.connections.values { totals.add(entry.record) }
         return totals
     }
 
@@ -86,10 +101,7 @@ final class ServerLoopState {
         if let drained = self.drained { return drained.futureResult }
         let drained = self.loop.makePromise(of: Void.self)
         self.drained = drained
-        let now = NIODeadline.now()
-        for entry in Array(self.connections.values) {
-            entry.handler.drain(now: now, context: entry.context)
-        }
+        self.tell(ChannelShouldQuiesceEvent())
         // From now on the sweep runs often enough to close each connection soon after its grace.
         self.sweep?.cancel()
         self.scheduleSweep()
@@ -99,8 +111,12 @@ final class ServerLoopState {
 
     /// The drain timeout passed: whatever is still open closes now.
     func closeAll() {
+        self.tell(LoopEvent.drainTimedOut)
+    }
+
+    private func tell(_ event: Any) {
         for entry in Array(self.connections.values) {
-            entry.handler.closeAtDrainTimeout(context: entry.context)
+            entry.channel.pipeline.syncOperations.fireUserInboundEventTriggered(event)
         }
     }
 
@@ -108,10 +124,7 @@ final class ServerLoopState {
         let interval = self.drained != nil ? min(self.interval, .milliseconds(50)) : self.interval
         self.sweep = self.loop.assumeIsolated().scheduleTask(in: interval) {
             self.sweep = nil
-            let now = NIODeadline.now()
-            for entry in self.connections.values {
-                entry.handler.checkDeadlines(now: now, context: entry.context)
-            }
+            self.tell(LoopEvent.tick(.now()))
             self.giveBackMemoryAfterAFlood()
             if !self.connections.isEmpty { self.scheduleSweep() }
         }

@@ -1,9 +1,9 @@
 import LengthEchoCore
 import Logging
 
-package extension LogBudget {
+extension LogBudget {
     /// Whether a line about a connection may go to `logger` now; lines held back are counted there once the
-    /// next second begins. (Here, the lowest layer that logs, so the server and the TLS handler share it.)
+    /// next second begins.
     func allow(logger: Logger) -> Bool {
         self.allow { count in
             logger.notice("\(count) lines about connections were not logged in the last second (too many)")
@@ -11,7 +11,7 @@ package extension LogBudget {
     }
 }
 
-package extension ConnectionPeer {
+extension ConnectionPeer {
     /// `peer`, and `via` when there is one, as a log line's metadata.
     var loggerMetadata: Logger.Metadata {
         var metadata: Logger.Metadata = ["peer": .string(self.description)]
