@@ -41,6 +41,10 @@ static inline uint64_t shim_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return SSL_O
 static inline long shim_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_BUFFERS; }
 static inline long shim_SSL_SESS_CACHE_SERVER(void) { return SSL_SESS_CACHE_SERVER; }
 
+// An application-data index of our own, allocated once per process (index 0 may be another library's).
+static inline int shim_SSL_get_ex_new_index(void) { return SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+static inline int shim_SSL_CTX_get_ex_new_index(void) { return SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+
 static inline unsigned long shim_XN_FLAG_ONELINE(void) { return XN_FLAG_ONELINE; }
 static inline int shim_ERR_GET_LIB(unsigned long e) { return ERR_GET_LIB(e); }
 static inline int shim_ERR_GET_REASON(unsigned long e) { return ERR_GET_REASON(e); }

@@ -168,7 +168,7 @@ func identityVerifyCallback(_ preverified: Int32, _ store: OpaquePointer?) -> In
 /// The connection whose handshake `store` is verifying, through its SSL's application data.
 private func connection(verifying store: OpaquePointer) -> TLSConnection? {
     guard let ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
-        let connection = SSL_get_ex_data(OpaquePointer(ssl), 0)
+        let connection = SSL_get_ex_data(OpaquePointer(ssl), ExDataIndex.connection)
     else { return nil }
     return Unmanaged<TLSConnection>.fromOpaque(connection).takeUnretainedValue()
 }

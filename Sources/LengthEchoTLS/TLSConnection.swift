@@ -75,7 +75,9 @@ final class TLSConnection {
         // The verify callback finds this connection through the SSL (for the identity policy). The SSL lives
         // no longer than this object, which frees it.
         if context.needsVerifyCallback {
-            SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
+            guard SSL_set_ex_data(ssl, ExDataIndex.connection, Unmanaged.passUnretained(self).toOpaque()) == 1 else {
+                throw TLSError(.protocolError, "cannot create a TLS connection: OpenSSL gave no application-data slot")
+            }
         }
         if context.isServer {
             SSL_set_accept_state(ssl)

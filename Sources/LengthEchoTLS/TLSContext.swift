@@ -176,7 +176,7 @@ public final class TLSContext: @unchecked Sendable {
         // Tickets under rotating keys (TicketKeys) rather than one key for the life of the process. The keys
         // object lives as long as the context, whose SSLs keep it (TLSConnection holds its context).
         try check(
-            SSL_CTX_set_ex_data(ctx, 0, Unmanaged.passUnretained(ticketKeys).toOpaque()) == 1,
+            SSL_CTX_set_ex_data(ctx, ExDataIndex.ticketKeys, Unmanaged.passUnretained(ticketKeys).toOpaque()) == 1,
             "the session-ticket keys"
         )
         try check(SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback) == 1, "the session-ticket callback")

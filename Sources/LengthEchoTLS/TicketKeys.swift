@@ -74,7 +74,7 @@ let ticketKeyCallback:
         Int32
     ) -> Int32 = { ssl, keyName, iv, cipherContext, macContext, encrypt in
         guard let ssl, let keyName, let iv, let cipherContext, let macContext,
-            let raw = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), 0)
+            let raw = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ExDataIndex.ticketKeys)
         else { return -1 }
         let keys = Unmanaged<TicketKeys>.fromOpaque(raw).takeUnretainedValue()
         if encrypt == 1 {
