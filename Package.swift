@@ -10,7 +10,8 @@ let package = Package(
         .executable(name: "server", targets: ["server"]),
         .executable(name: "client", targets: ["client"]),
         .executable(name: "bench", targets: ["bench"]),
-        .library(name: "LengthEcho", targets: ["LengthEcho", "LengthEchoTLS", "LengthEchoCore"]),
+        // One import for a library user: LengthEcho re-exports what its API takes from the lower layers.
+        .library(name: "LengthEcho", targets: ["LengthEcho"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -92,6 +93,13 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // The README's library example, verbatim (a test checks the README against it and runs it): it imports
+        // LengthEcho alone.
+        .executableTarget(
+            name: "library-example",
+            dependencies: ["LengthEcho"],
+            path: "Examples/library-example"
+        ),
         // Test support shared by the test targets: certificates from scripts/gen-certs.sh, processes.
         .target(
             name: "LengthEchoTestSupport",
@@ -131,6 +139,7 @@ let package = Package(
                 "server",
                 "client",
                 "bench",
+                "library-example",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

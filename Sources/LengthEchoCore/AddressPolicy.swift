@@ -24,12 +24,12 @@ public struct AddressPolicy: Sendable, Equatable {
 }
 
 /// An IP address as a hashable key (the port left out): what per-address limits count by.
-public struct AddressKey: Hashable, Sendable {
+package struct AddressKey: Hashable, Sendable {
     private let high: UInt64
     private let low: UInt64
 
     /// Nil for a Unix socket. An IPv4-mapped IPv6 address is its IPv4 address.
-    public init?(_ address: SocketAddress?) {
+    package init?(_ address: SocketAddress?) {
         switch address {
         case .v4(let v4)?:
             self.high = 0

@@ -6,22 +6,22 @@ import NIOCore
 /// stage, behind a balancer, sets `address` to the client the header names and keeps the balancer's own
 /// address in `via`. Anything that logs, limits or authorizes by address reads it from here, never from
 /// `channel.remoteAddress`. Owned by the connection's pipeline and used on its event loop only.
-public final class ConnectionPeer {
+package final class ConnectionPeer {
     /// The client: the socket's peer, or what a trusted stage in front of it said.
-    public var address: SocketAddress?
+    package var address: SocketAddress?
     /// The proxy or balancer the connection came through, when a stage says there was one.
-    public var via: SocketAddress?
+    package var via: SocketAddress?
 
-    public init(address: SocketAddress?, via: SocketAddress? = nil) {
+    package init(address: SocketAddress?, via: SocketAddress? = nil) {
         self.address = address
         self.via = via
     }
 
     /// `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6), or `?` when it is unknown.
-    public var description: String { Self.format(self.address) }
+    package var description: String { Self.format(self.address) }
 
     /// `ADDRESS:PORT`, with IPv6 addresses in brackets; a Unix socket by its path.
-    public static func format(_ address: SocketAddress?) -> String {
+    package static func format(_ address: SocketAddress?) -> String {
         guard let address else { return "?" }
         switch address {
         case .v4:

@@ -1,11 +1,11 @@
 /// Makes untrusted bytes safe to print on one terminal line: a message must not forge log lines or send
 /// escape sequences to the operator's terminal.
-public enum Escaping {
+package enum Escaping {
     private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// Appends `bytes` to `out` with C0 and C1 control characters, DEL, backslash and invalid UTF-8
     /// escaped (`\n`, `\t`, `\x1b`, `\u{9b}`, `\xff`, `\\`). Valid UTF-8 text such as `안녕` passes through.
-    public static func appendPrintable<Bytes: RandomAccessCollection<UInt8>>(
+    package static func appendPrintable<Bytes: RandomAccessCollection<UInt8>>(
         _ bytes: Bytes,
         to out: inout [UInt8]
     ) where Bytes.Index == Int {
@@ -36,7 +36,7 @@ public enum Escaping {
     }
 
     /// The printable rendering of `bytes` as a `String`.
-    public static func printable<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> String
+    package static func printable<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> String
     where Bytes.Index == Int {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)

@@ -6,19 +6,19 @@ import NIOCore
 /// is still referenced when it is taken again (a write not yet on the wire, a partial message kept by the
 /// next handler), clearing it allocates fresh storage, so sharing is always safe: reuse is only an
 /// optimisation. Being per loop, it costs nothing per idle connection.
-public final class ScratchBuffer {
+package final class ScratchBuffer {
     private var buffer: ByteBuffer
     private let empty: ByteBuffer
     private let retainLimit: Int
 
-    public init(allocator: ByteBufferAllocator, retainLimit: Int = 64 * 1024) {
+    package init(allocator: ByteBufferAllocator, retainLimit: Int = 64 * 1024) {
         self.empty = allocator.buffer(capacity: 0)
         self.buffer = self.empty
         self.retainLimit = retainLimit
     }
 
     /// An empty buffer with room for at least `capacity` bytes.
-    public func take(capacity: Int) -> ByteBuffer {
+    package func take(capacity: Int) -> ByteBuffer {
         var buffer = self.buffer
         self.buffer = self.empty
         buffer.clear(minimumCapacity: capacity)
@@ -26,7 +26,7 @@ public final class ScratchBuffer {
     }
 
     /// Keeps `buffer` for the next `take`, unless it grew too large to keep around.
-    public func giveBack(_ buffer: ByteBuffer) {
+    package func giveBack(_ buffer: ByteBuffer) {
         if buffer.capacity <= self.retainLimit {
             self.buffer = buffer
         }
@@ -35,14 +35,14 @@ public final class ScratchBuffer {
 
 /// The scratch buffers of one event loop: TLS plaintext in, TLS ciphertext out, and protocol replies.
 /// Kept here, below both the TLS layer and the protocol, so that neither has to know about the other.
-public final class LoopBuffers {
-    public let plaintext: ScratchBuffer
-    public let ciphertext: ScratchBuffer
-    public let replies: ScratchBuffer
+package final class LoopBuffers {
+    package let plaintext: ScratchBuffer
+    package let ciphertext: ScratchBuffer
+    package let replies: ScratchBuffer
     /// An empty buffer to share, so a connection's empty buffers cost no allocation each.
-    public let empty: ByteBuffer
+    package let empty: ByteBuffer
 
-    public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
+    package init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
         self.empty = allocator.buffer(capacity: 0)
         self.plaintext = ScratchBuffer(allocator: allocator)
         self.ciphertext = ScratchBuffer(allocator: allocator)

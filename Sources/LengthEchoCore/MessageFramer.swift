@@ -16,11 +16,11 @@ import Darwin
 /// pieces, and one read may carry several messages. It never copies a read that starts a message: the
 /// messages it returns are slices of the buffers it was given, and only the pieces of a message split
 /// across reads are joined.
-public struct MessageFramer: Sendable {
+package struct MessageFramer: Sendable {
     /// The largest message accepted, in bytes, not counting its terminator.
-    public let maximumMessageLength: Int
+    package let maximumMessageLength: Int
     /// What ends a message.
-    public let framing: Framing
+    package let framing: Framing
 
     /// Bytes received and not yet returned as a message. Empty between messages, so an idle connection
     /// holds no read buffer.
@@ -31,7 +31,7 @@ public struct MessageFramer: Sendable {
     private var searched = 0
 
     /// - Parameter empty: an empty buffer to hold between messages (share one to save an allocation).
-    public init(framing: Framing = .nul, maximumMessageLength: Int, empty: ByteBuffer = ByteBuffer()) {
+    package init(framing: Framing = .nul, maximumMessageLength: Int, empty: ByteBuffer = ByteBuffer()) {
         precondition(maximumMessageLength >= 0, "maximumMessageLength must not be negative")
         self.framing = framing
         self.maximumMessageLength = maximumMessageLength
@@ -40,10 +40,10 @@ public struct MessageFramer: Sendable {
     }
 
     /// The bytes received that are not yet part of a returned message.
-    public var bufferedBytes: Int { self.buffer.readableBytes }
+    package var bufferedBytes: Int { self.buffer.readableBytes }
 
     /// Adds what a read returned. Between messages the bytes are adopted as they are, without a copy.
-    public mutating func append(_ bytes: ByteBuffer) {
+    package mutating func append(_ bytes: ByteBuffer) {
         if self.buffer.readableBytes == 0 {
             self.buffer = bytes
             self.searched = 0
@@ -57,7 +57,7 @@ public struct MessageFramer: Sendable {
     ///
     /// - Throws: `LengthEchoError.messageTooLarge` once more than `maximumMessageLength` bytes have arrived
     ///   without a terminator. What was buffered is left as it was.
-    public mutating func next() throws(LengthEchoError) -> ByteBuffer? {
+    package mutating func next() throws(LengthEchoError) -> ByteBuffer? {
         let readable = self.buffer.readableBytes
         let searched = self.searched
         let limit = self.maximumMessageLength
@@ -109,7 +109,7 @@ public struct MessageFramer: Sendable {
 
     /// Called when the peer has finished sending: the bytes left over, if any, are one last message that
     /// was never terminated (so `printf hello | nc -N host 4000` is answered).
-    public mutating func finish() throws(LengthEchoError) -> ByteBuffer? {
+    package mutating func finish() throws(LengthEchoError) -> ByteBuffer? {
         self.searched = 0
         guard self.buffer.readableBytes > 0 else { return nil }
         var message = self.buffer
@@ -124,7 +124,7 @@ public struct MessageFramer: Sendable {
     }
 
     /// Forgets whatever was buffered (after an error, or when the connection ends).
-    public mutating func discard() {
+    package mutating func discard() {
         self.buffer = self.empty
         self.searched = 0
     }

@@ -7,7 +7,7 @@ import Musl
 #endif
 
 /// What a PROXY protocol header said about the connection it begins.
-public enum ProxyHeader: Equatable, Sendable {
+package enum ProxyHeader: Equatable, Sendable {
     /// The balancer's own connection (v2 `LOCAL`, a health check): served as the connection itself.
     case local
     /// The balancer relays a client: where the client came from, and the address it connected to.
@@ -18,10 +18,10 @@ public enum ProxyHeader: Equatable, Sendable {
 }
 
 /// A header that is not valid, or not finished in time; the description says which rule it broke.
-public struct ProxyProtocolError: Error, Equatable, CustomStringConvertible, Sendable {
-    public let description: String
+package struct ProxyProtocolError: Error, Equatable, CustomStringConvertible, Sendable {
+    package let description: String
 
-    public init(_ description: String) {
+    package init(_ description: String) {
         self.description = description
     }
 }
@@ -29,19 +29,19 @@ public struct ProxyProtocolError: Error, Equatable, CustomStringConvertible, Sen
 /// The PROXY protocol, versions 1 (text) and 2 (binary), as HAProxy's `doc/proxy-protocol.txt` specifies
 /// it, receiver side. A header is never guessed at: the bytes either begin with one of the two signatures
 /// or they are refused, as soon as they cannot become one.
-public enum ProxyProtocol {
+package enum ProxyProtocol {
     /// The v2 signature. Its fifth byte is NUL, which is why the header must never reach the framer.
-    public static let v2Signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+    package static let v2Signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
     static let v1Signature: [UInt8] = Array("PROXY ".utf8)
     /// The longest v1 line the specification allows, CRLF included.
-    public static let maximumV1Length = 107
+    package static let maximumV1Length = 107
     /// The longest v2 header accepted, the 16 fixed bytes included. The length field allows 64 KiB; what
     /// balancers send (addresses, a few TLVs: ALPN, authority, unique ID, TLS details) fits well within this.
-    public static let maximumV2Length = 4096
+    package static let maximumV2Length = 4096
 
     /// Parses the header at the start of `bytes`. Returns nil while it is incomplete (and could still become
     /// valid), or the header and how many bytes it took; what follows belongs to the connection.
-    public static func parse(_ bytes: ByteBuffer) throws(ProxyProtocolError) -> (header: ProxyHeader, length: Int)? {
+    package static func parse(_ bytes: ByteBuffer) throws(ProxyProtocolError) -> (header: ProxyHeader, length: Int)? {
         let view = bytes.readableBytesView
         guard let first = view.first else { return nil }
         if first == v1Signature[0] {
@@ -204,107 +204,114 @@ public enum ProxyProtocol {
     }
 }
 
-/// An address range, `10.0.0.0/8` or `2001:db8::/32` (a single address without a length): who may send
-/// PROXY headers, and later who may connect at all. An IPv4-mapped range (`::ffff:192.0.2.0/120`) is the IPv4
-/// range it maps (`192.0.2.0/24`), so it matches the same peers whether the server listens on an IPv4 address or
-/// on `[::]`; one shorter than /96 would reach outside the mapped space, and is refused.
-public struct AddressRange: Sendable, Equatable, CustomStringConvertible {
-    private let network: [UInt8]
-    public let prefixLength: Int
-    /// Whether the text had bits set past the prefix (`10.0.0.1/24`): the range is its network (`10.0.0.0/24`),
-    /// which may not be what was meant.
-    public let hostBitsSet: Bool
+extension AddressPolicy {
+    /// An address range, `10.0.0.0/8` or `2001:db8::/32` (a single address without a length): who may send
+    /// PROXY headers, and later who may connect at all. An IPv4-mapped range (`::ffff:192.0.2.0/120`) is the IPv4
+    /// range it maps (`192.0.2.0/24`), so it matches the same peers whether the server listens on an IPv4 address or
+    /// on `[::]`; one shorter than /96 would reach outside the mapped space, and is refused.
+    public struct AddressRange: Sendable, Equatable, CustomStringConvertible {
+        private let network: [UInt8]
+        public let prefixLength: Int
+        /// Whether the text had bits set past the prefix (`10.0.0.1/24`): the range is its network (`10.0.0.0/24`),
+        /// which may not be what was meant.
+        public let hostBitsSet: Bool
 
-    /// Why a text is not an address range.
-    public struct ParseError: Error, CustomStringConvertible, Sendable {
-        public let description: String
-    }
+        /// Why a text is not an address range.
+        public struct ParseError: Error, CustomStringConvertible, Sendable {
+            public let description: String
+        }
 
-    /// Parses `ADDRESS[/LENGTH]`; nil when it is not one (`parse` says why).
-    public init?(_ text: String) {
-        guard case .success(let range) = Self.parse(text) else { return nil }
-        self = range
-    }
+        /// Parses `ADDRESS[/LENGTH]`; nil when it is not one (`parse` says why).
+        public init?(_ text: String) {
+            guard case .success(let range) = Self.parse(text) else { return nil }
+            self = range
+        }
 
-    private init(network: [UInt8], prefixLength: Int, hostBitsSet: Bool) {
-        self.network = network
-        self.prefixLength = prefixLength
-        self.hostBitsSet = hostBitsSet
-    }
+        private init(network: [UInt8], prefixLength: Int, hostBitsSet: Bool) {
+            self.network = network
+            self.prefixLength = prefixLength
+            self.hostBitsSet = hostBitsSet
+        }
 
-    /// Parses `ADDRESS[/LENGTH]`, or says why it is not a range.
-    public static func parse(_ text: String) -> Result<AddressRange, ParseError> {
-        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let address = try? SocketAddress(ipAddress: String(parts[0]), port: 0),
-            var bytes = Self.bytes(of: address)
-        else { return .failure(ParseError(description: "not an address or CIDR range (10.0.0.0/8, 192.0.2.7, ::1)")) }
-        var length = bytes.count * 8
-        if parts.count == 2 {
-            guard let value = Int(parts[1]), (0...bytes.count * 8).contains(value), parts[1].allSatisfy(\.isNumber)
+        /// Parses `ADDRESS[/LENGTH]`, or says why it is not a range.
+        public static func parse(_ text: String) -> Result<AddressRange, ParseError> {
+            let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let address = try? SocketAddress(ipAddress: String(parts[0]), port: 0),
+                var bytes = Self.bytes(of: address)
             else {
-                return .failure(ParseError(description: "the prefix length must be 0...\(bytes.count * 8)"))
+                return .failure(ParseError(description: "not an address or CIDR range (10.0.0.0/8, 192.0.2.7, ::1)"))
             }
-            length = value
-        }
-        if bytes.count == 16, Self.isMapped(bytes) {
-            guard length >= 96 else {
-                return .failure(
-                    ParseError(
-                        description:
-                            "an IPv4-mapped range (::ffff:a.b.c.d) needs a prefix of /96 or longer; give the IPv4 range instead"
-                    ))
+            var length = bytes.count * 8
+            if parts.count == 2 {
+                guard let value = Int(parts[1]), (0...bytes.count * 8).contains(value), parts[1].allSatisfy(\.isNumber)
+                else {
+                    return .failure(ParseError(description: "the prefix length must be 0...\(bytes.count * 8)"))
+                }
+                length = value
             }
-            bytes = Array(bytes[12...])
-            length -= 96
-        }
-        let network = Self.masked(bytes, length)
-        return .success(AddressRange(network: network, prefixLength: length, hostBitsSet: network != bytes))
-    }
-
-    private static func isMapped(_ bytes: [UInt8]) -> Bool {
-        bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF
-    }
-
-    /// Whether `address` lies in the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as IPv4.
-    public func contains(_ address: SocketAddress?) -> Bool {
-        guard let address, var bytes = Self.bytes(of: address) else { return false }
-        if bytes.count == 16, self.network.count == 4, Self.isMapped(bytes) {
-            bytes = Array(bytes[12...])
-        }
-        guard bytes.count == self.network.count else { return false }
-        return Self.masked(bytes, self.prefixLength) == self.network
-    }
-
-    public var description: String {
-        let host: String
-        if self.network.count == 4 {
-            host = self.network.map(String.init).joined(separator: ".")
-        } else {
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            withUnsafeMutableBytes(of: &address.sin6_addr) { raw in
-                for (offset, byte) in self.network.enumerated() { raw[offset] = byte }
+            if bytes.count == 16, Self.isMapped(bytes) {
+                guard length >= 96 else {
+                    return .failure(
+                        ParseError(
+                            description:
+                                "an IPv4-mapped range (::ffff:a.b.c.d) needs a prefix of /96 or longer; give the IPv4 range instead"
+                        ))
+                }
+                bytes = Array(bytes[12...])
+                length -= 96
             }
-            host = SocketAddress(address, host: "").ipAddress ?? "?"
+            let network = Self.masked(bytes, length)
+            return .success(AddressRange(network: network, prefixLength: length, hostBitsSet: network != bytes))
         }
-        return "\(host)/\(self.prefixLength)"
-    }
 
-    private static func bytes(of address: SocketAddress) -> [UInt8]? {
-        switch address {
-        case .v4(let v4):
-            return withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }
-        case .v6(let v6):
-            return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
-        case .unixDomainSocket:
-            return nil
+        private static func isMapped(_ bytes: [UInt8]) -> Bool {
+            bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF
         }
-    }
 
-    private static func masked(_ bytes: [UInt8], _ length: Int) -> [UInt8] {
-        bytes.enumerated().map { index, byte in
-            let bits = min(max(length - index * 8, 0), 8)
-            return bits == 8 ? byte : byte & ~(0xFF >> bits)
+        /// Whether `address` lies in the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as IPv4.
+        public func contains(_ address: SocketAddress?) -> Bool {
+            guard let address, var bytes = Self.bytes(of: address) else { return false }
+            if bytes.count == 16, self.network.count == 4, Self.isMapped(bytes) {
+                bytes = Array(bytes[12...])
+            }
+            guard bytes.count == self.network.count else { return false }
+            return Self.masked(bytes, self.prefixLength) == self.network
+        }
+
+        public var description: String {
+            let host: String
+            if self.network.count == 4 {
+                host = self.network.map(String.init).joined(separator: ".")
+            } else {
+                var address = sockaddr_in6()
+                address.sin6_family = sa_family_t(AF_INET6)
+                withUnsafeMutableBytes(of: &address.sin6_addr) { raw in
+                    for (offset, byte) in self.network.enumerated() { raw[offset] = byte }
+                }
+                host = SocketAddress(address, host: "").ipAddress ?? "?"
+            }
+            return "\(host)/\(self.prefixLength)"
+        }
+
+        private static func bytes(of address: SocketAddress) -> [UInt8]? {
+            switch address {
+            case .v4(let v4):
+                return withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }
+            case .v6(let v6):
+                return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+            case .unixDomainSocket:
+                return nil
+            }
+        }
+
+        private static func masked(_ bytes: [UInt8], _ length: Int) -> [UInt8] {
+            bytes.enumerated().map { index, byte in
+                let bits = min(max(length - index * 8, 0), 8)
+                return bits == 8 ? byte : byte & ~(0xFF >> bits)
+            }
         }
     }
 }
+
+/// Spelled as before inside the package.
+package typealias AddressRange = AddressPolicy.AddressRange

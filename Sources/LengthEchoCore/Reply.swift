@@ -4,22 +4,22 @@ import NIOCore
 /// newline), where `<length>` is the message's size in bytes in ASCII decimal (C's `strlen`), or
 /// `error: <reason>` when the server refuses a message. An error never starts with a digit, so a client can
 /// always tell it from a reply.
-public enum Reply {
+package enum Reply {
     /// The separator between the length and the echoed message.
-    public static let separator: StaticString = " : "
+    package static let separator: StaticString = " : "
     /// Every error reply starts with this.
-    public static let errorPrefix: StaticString = "error: "
+    package static let errorPrefix: StaticString = "error: "
 
     /// The number of bytes `write(echoOf:into:)` appends for a message of `length` bytes.
     @inlinable
-    public static func encodedLength(ofMessageLength length: Int) -> Int {
+    package static func encodedLength(ofMessageLength length: Int) -> Int {
         decimalDigits(length) + 3 + length + 1
     }
 
     /// Appends the reply to `message` to `buffer`: `<length> : <message>` and the terminator. One
     /// reservation, no intermediate strings.
     @inlinable
-    public static func write(echoOf message: ByteBuffer, framing: Framing, into buffer: inout ByteBuffer) {
+    package static func write(echoOf message: ByteBuffer, framing: Framing, into buffer: inout ByteBuffer) {
         let length = message.readableBytes
         buffer.reserveCapacity(minimumWritableBytes: encodedLength(ofMessageLength: length))
         writeDecimal(length, into: &buffer)
@@ -32,14 +32,14 @@ public enum Reply {
     /// Appends only the head of a reply, `<length> : `: the message and the terminator follow separately
     /// (so a large message can be written without being copied).
     @inlinable
-    public static func writeHeader(ofMessageLength length: Int, into buffer: inout ByteBuffer) {
+    package static func writeHeader(ofMessageLength length: Int, into buffer: inout ByteBuffer) {
         writeDecimal(length, into: &buffer)
         buffer.writeStaticString(separator)
     }
 
     /// Appends an error reply: `error: <reason>` and the terminator. Control bytes (NUL and newline among
     /// them) in `reason` are replaced so the reply stays one line and one frame in either framing.
-    public static func write(error reason: String, framing: Framing, into buffer: inout ByteBuffer) {
+    package static func write(error reason: String, framing: Framing, into buffer: inout ByteBuffer) {
         buffer.writeStaticString(errorPrefix)
         for byte in reason.utf8 {
             buffer.writeInteger(byte < 0x20 || byte == 0x7F ? UInt8(ascii: " ") : byte)
@@ -48,7 +48,7 @@ public enum Reply {
     }
 
     /// An error reply on its own, as a buffer: for a refusal written before any connection state exists.
-    public static func error(_ reason: String, framing: Framing) -> ByteBuffer {
+    package static func error(_ reason: String, framing: Framing) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(reason.utf8.count + 8)
         Self.write(error: reason, framing: framing, into: &buffer)
@@ -82,7 +82,7 @@ public enum Reply {
 }
 
 /// A reply as the client sees it, parsed from the bytes before its terminator.
-public enum ParsedReply: Equatable, Sendable {
+package enum ParsedReply: Equatable, Sendable {
     /// `<length> : <message>`, with the length checked against the message.
     case echo(length: Int, message: [UInt8])
     /// `error: <reason>` from the server.
@@ -92,7 +92,7 @@ public enum ParsedReply: Equatable, Sendable {
     ///
     /// - Throws: `LengthEchoError.invalidReply` when the bytes are neither form, or the stated length is
     ///   not the length of the message that follows it.
-    public init(bytes: some Collection<UInt8>) throws(LengthEchoError) {
+    package init(bytes: some Collection<UInt8>) throws(LengthEchoError) {
         let bytes = Array(bytes)
         if bytes.starts(with: "error: ".utf8) {
             self = .error(String(decoding: bytes.dropFirst(7), as: UTF8.self))

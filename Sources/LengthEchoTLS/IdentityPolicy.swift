@@ -5,45 +5,50 @@ import LengthEchoCore
 import Glibc
 #endif
 
-/// Which certificates are accepted by identity, on top of the CA's verification: a verified leaf whose common
-/// name, DNS name, URI (a SPIFFE ID, say) or SubjectPublicKeyInfo SHA-256 is listed. Matched exactly (no
-/// wildcards), any one listed identity enough. Empty: any certificate the CA verifies.
-public struct IdentityPolicy: Sendable, Equatable {
-    public var commonNames: [String]
-    public var dnsNames: [String]
-    public var uris: [String]
-    /// SHA-256 digests of the DER SubjectPublicKeyInfo, 32 bytes each.
-    public var publicKeySHA256: [[UInt8]]
+extension TLSContext {
+    /// Which certificates are accepted by identity, on top of the CA's verification: a verified leaf whose common
+    /// name, DNS name, URI (a SPIFFE ID, say) or SubjectPublicKeyInfo SHA-256 is listed. Matched exactly (no
+    /// wildcards), any one listed identity enough. Empty: any certificate the CA verifies.
+    public struct IdentityPolicy: Sendable, Equatable {
+        public var commonNames: [String]
+        public var dnsNames: [String]
+        public var uris: [String]
+        /// SHA-256 digests of the DER SubjectPublicKeyInfo, 32 bytes each.
+        public var publicKeySHA256: [[UInt8]]
 
-    public init(
-        commonNames: [String] = [], dnsNames: [String] = [], uris: [String] = [], publicKeySHA256: [[UInt8]] = []
-    ) {
-        self.commonNames = commonNames
-        self.dnsNames = dnsNames
-        self.uris = uris
-        self.publicKeySHA256 = publicKeySHA256
-    }
-
-    public var isEmpty: Bool {
-        self.commonNames.isEmpty && self.dnsNames.isEmpty && self.uris.isEmpty && self.publicKeySHA256.isEmpty
-    }
-
-    /// A SHA-256 digest written in hex, either case, colons allowed, with or without the label `openssl dgst
-    /// -sha256` puts before it (`SHA2-256(stdin)= `); nil when it is not 32 bytes of hex.
-    public static func digest(hex text: String) -> [UInt8]? {
-        let bare = text.split(separator: "= ", omittingEmptySubsequences: false).last ?? Substring(text)
-        let digits = Array(bare.utf8.filter { $0 != UInt8(ascii: ":") })
-        guard digits.count == 64 else { return nil }
-        var bytes: [UInt8] = []
-        for index in stride(from: 0, to: 64, by: 2) {
-            guard let byte = UInt8(String(decoding: digits[index..<index + 2], as: UTF8.self), radix: 16) else {
-                return nil
-            }
-            bytes.append(byte)
+        public init(
+            commonNames: [String] = [], dnsNames: [String] = [], uris: [String] = [], publicKeySHA256: [[UInt8]] = []
+        ) {
+            self.commonNames = commonNames
+            self.dnsNames = dnsNames
+            self.uris = uris
+            self.publicKeySHA256 = publicKeySHA256
         }
-        return bytes
+
+        public var isEmpty: Bool {
+            self.commonNames.isEmpty && self.dnsNames.isEmpty && self.uris.isEmpty && self.publicKeySHA256.isEmpty
+        }
+
+        /// A SHA-256 digest written in hex, either case, colons allowed, with or without the label `openssl dgst
+        /// -sha256` puts before it (`SHA2-256(stdin)= `); nil when it is not 32 bytes of hex.
+        public static func digest(hex text: String) -> [UInt8]? {
+            let bare = text.split(separator: "= ", omittingEmptySubsequences: false).last ?? Substring(text)
+            let digits = Array(bare.utf8.filter { $0 != UInt8(ascii: ":") })
+            guard digits.count == 64 else { return nil }
+            var bytes: [UInt8] = []
+            for index in stride(from: 0, to: 64, by: 2) {
+                guard let byte = UInt8(String(decoding: digits[index..<index + 2], as: UTF8.self), radix: 16) else {
+                    return nil
+                }
+                bytes.append(byte)
+            }
+            return bytes
+        }
     }
 }
+
+/// Spelled as before inside the package.
+package typealias IdentityPolicy = TLSContext.IdentityPolicy
 
 /// What a certificate says about who it is, as the policy matches it.
 struct CertificateIdentity {

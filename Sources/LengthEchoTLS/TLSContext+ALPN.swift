@@ -4,9 +4,9 @@ internal import COpenSSL
 /// `no_application_protocol` alert, as RFC 7301 section 3.2 says it SHALL); a client that sends no ALPN at all is
 /// served unless ALPN is required. The client always sends `length-echo`. A shared :443 front (nginx
 /// `ssl_preread`, HAProxy) can route on it.
-public enum ALPN {
+package enum ALPN {
     /// The protocol name length-echo uses in ALPN.
-    public static let protocolName = "length-echo"
+    package static let protocolName = "length-echo"
 
     /// `protocolName` in ALPN's wire form (a length byte, then the name), in storage that lives as long as the
     /// process: OpenSSL's selection callback returns a pointer into it.

@@ -1,21 +1,26 @@
 internal import COpenSSL
 import LengthEchoCore
 
-/// Revocation: the client CRLs a server checks client certificates against.
-public struct RevocationPolicy: Sendable, Equatable {
-    /// PEM file with one or more CRLs.
-    public var crlFile: String
-    /// Check every certificate of the chain, not only the leaf (`X509_V_FLAG_CRL_CHECK_ALL`).
-    public var checkWholeChain: Bool
-    /// Accept a CRL past its next-update date (warned about) instead of refusing every client.
-    public var allowStale: Bool
+extension TLSContext {
+    /// Revocation: the client CRLs a server checks client certificates against.
+    public struct RevocationPolicy: Sendable, Equatable {
+        /// PEM file with one or more CRLs.
+        public var crlFile: String
+        /// Check every certificate of the chain, not only the leaf (`X509_V_FLAG_CRL_CHECK_ALL`).
+        public var checkWholeChain: Bool
+        /// Accept a CRL past its next-update date (warned about) instead of refusing every client.
+        public var allowStale: Bool
 
-    public init(crlFile: String, checkWholeChain: Bool = false, allowStale: Bool = false) {
-        self.crlFile = crlFile
-        self.checkWholeChain = checkWholeChain
-        self.allowStale = allowStale
+        public init(crlFile: String, checkWholeChain: Bool = false, allowStale: Bool = false) {
+            self.crlFile = crlFile
+            self.checkWholeChain = checkWholeChain
+            self.allowStale = allowStale
+        }
     }
 }
+
+/// Spelled as before inside the package.
+package typealias RevocationPolicy = TLSContext.RevocationPolicy
 
 extension TLSContext {
     /// Loads the CRLs into the context's store and turns CRL checking on. Every CRL in the file must be signed by a

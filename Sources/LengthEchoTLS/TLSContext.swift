@@ -4,37 +4,52 @@ internal import COpenSSL
 import Glibc
 #endif
 
-/// The oldest TLS version a context accepts.
-public enum TLSVersion: String, Sendable, CaseIterable {
-    case tls12 = "1.2"
-    case tls13 = "1.3"
+extension TLSContext {
+    /// The oldest TLS version a context accepts.
+    public enum Version: String, Sendable, CaseIterable {
+        case tls12 = "1.2"
+        case tls13 = "1.3"
 
-    var openSSLValue: Int32 {
-        switch self {
-        case .tls12: TLS1_2_VERSION
-        case .tls13: TLS1_3_VERSION
+        var openSSLValue: Int32 {
+            switch self {
+            case .tls12: TLS1_2_VERSION
+            case .tls13: TLS1_3_VERSION
+            }
         }
     }
 }
 
-/// Whether a server asks clients for a certificate (mutual TLS).
-public enum ClientAuthentication: String, Sendable, CaseIterable {
-    /// No client certificate is asked for.
-    case none
-    /// A certificate is asked for and verified if sent; clients without one are still served, unless the server
-    /// has an allow list of client identities (which no absent certificate can match).
-    case optional
-    /// Clients without a valid certificate are refused in the handshake.
-    case required
+/// Spelled as before inside the package.
+package typealias TLSVersion = TLSContext.Version
+
+extension TLSContext {
+    /// Whether a server asks clients for a certificate (mutual TLS).
+    public enum ClientAuthentication: String, Sendable, CaseIterable {
+        /// No client certificate is asked for.
+        case none
+        /// A certificate is asked for and verified if sent; clients without one are still served, unless the server
+        /// has an allow list of client identities (which no absent certificate can match).
+        case optional
+        /// Clients without a valid certificate are refused in the handshake.
+        case required
+    }
 }
 
-/// Where a client finds the CAs it trusts.
-public enum TrustRoots: Sendable, Equatable {
-    /// The system's trust store (`/etc/ssl/certs`).
-    case system
-    /// The CA certificates in a PEM file.
-    case file(String)
+/// Spelled as before inside the package.
+package typealias ClientAuthentication = TLSContext.ClientAuthentication
+
+extension TLSContext {
+    /// Where a client finds the CAs it trusts.
+    public enum TrustRoots: Sendable, Equatable {
+        /// The system's trust store (`/etc/ssl/certs`).
+        case system
+        /// The CA certificates in a PEM file.
+        case file(String)
+    }
 }
+
+/// Spelled as before inside the package.
+package typealias TrustRoots = TLSContext.TrustRoots
 
 /// One immutable `SSL_CTX`, built once per role before serving and shared by every connection.
 ///
@@ -149,8 +164,8 @@ public final class TLSContext: @unchecked Sendable {
         privateKey: String,
         clientCA: String? = nil,
         clientAuthentication: ClientAuthentication = .none,
-        minimumVersion: TLSVersion = .tls12,
-        maximumVersion: TLSVersion = .tls13,
+        minimumVersion: Version = .tls12,
+        maximumVersion: Version = .tls13,
         ticketKeyLifetime: Duration = .seconds(12 * 3600),
         requireALPN: Bool = false,
         keyLog: Bool = false,
@@ -234,8 +249,8 @@ public final class TLSContext: @unchecked Sendable {
         trustRoots: TrustRoots = .system,
         certificateChain: String? = nil,
         privateKey: String? = nil,
-        minimumVersion: TLSVersion = .tls12,
-        maximumVersion: TLSVersion = .tls13,
+        minimumVersion: Version = .tls12,
+        maximumVersion: Version = .tls13,
         verify: Bool = true,
         keyLog: Bool = false,
         pinnedPublicKeys: [[UInt8]] = []
@@ -269,7 +284,7 @@ public final class TLSContext: @unchecked Sendable {
         return context
     }
 
-    private func applyCommonSettings(minimumVersion: TLSVersion, maximumVersion: TLSVersion) throws(TLSError) {
+    private func applyCommonSettings(minimumVersion: Version, maximumVersion: Version) throws(TLSError) {
         let ctx = self.pointer
         guard minimumVersion.openSSLValue <= maximumVersion.openSSLValue else {
             throw TLSError(

@@ -40,7 +40,7 @@ struct PendingWrites {
 extension TLSHandler {
     // MARK: write and flush
 
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let data = self.unwrapOutboundIn(data)
         switch self.state {
         case .idle where data.readableBytes == 0 && self.writes.items.isEmpty,
@@ -57,7 +57,7 @@ extension TLSHandler {
         }
     }
 
-    public func flush(context: ChannelHandlerContext) {
+    package func flush(context: ChannelHandlerContext) {
         self.writes.markFlushed()
         if case .active = self.state {
             self.encryptFlushedWrites(context: context)
@@ -149,7 +149,7 @@ extension TLSHandler {
 
     // MARK: close
 
-    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+    package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         switch (mode, self.state) {
         case (.all, .active):
             // Unflushed writes never leave; then close_notify, and a bounded wait for the peer's.

@@ -2,7 +2,7 @@ import LengthEchoCore
 import NIOCore
 
 /// Events the TLS handler sends up the pipeline.
-public enum TLSEvent: Sendable {
+package enum TLSEvent: Sendable {
     case handshakeCompleted(TLSConnectionInfo)
     /// Server role: the handshake failed (or the peer did not speak TLS, or stalled); the handler tells the
     /// peer why and closes. Sent before the close, so the stages above can say why the connection ended.
@@ -18,11 +18,11 @@ public enum TLSEvent: Sendable {
 /// remembered and honoured once it completes. Closing sends close_notify, then waits (bounded) for the
 /// peer's. A peer that goes away without close_notify is reported as an unclean shutdown, since its data
 /// may have been cut short.
-public final class TLSHandler: ChannelDuplexHandler {
-    public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = ByteBuffer
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = ByteBuffer
+package final class TLSHandler: ChannelDuplexHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
     enum State {
         /// Not active yet; the promise waits for the handshake.
@@ -85,7 +85,7 @@ public final class TLSHandler: ChannelDuplexHandler {
     ///   - handshakeCompleted: completed with what the handshake agreed on, or failed with why it failed.
     ///   - plaintextRefusal: server role: the bytes to answer a client that speaks plaintext to this port
     ///     (the protocol's own error reply); nil closes such a connection without a word.
-    public init(
+    package init(
         context: TLSContext,
         expectedHost: String? = nil,
         handshakeTimeout: TimeAmount = .seconds(10),
@@ -105,15 +105,15 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     /// Client role: the session to resume on the next connection. With TLS 1.3 it arrives after the handshake,
     /// with the first data read.
-    public var session: TLSSession? { self.connection.session }
+    package var session: TLSSession? { self.connection.session }
 
     // MARK: handshake
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive { self.start(context: context) }
     }
 
-    public func channelActive(context: ChannelHandlerContext) {
+    package func channelActive(context: ChannelHandlerContext) {
         self.start(context: context)
         context.fireChannelActive()
     }
@@ -212,7 +212,7 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     // MARK: read
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = self.unwrapInboundIn(data)
         self.inRead = true
         // Never hold the socket's read buffer past this read: NIO reuses it only if nobody else holds it,
@@ -309,14 +309,14 @@ public final class TLSHandler: ChannelDuplexHandler {
         }
     }
 
-    public func channelReadComplete(context: ChannelHandlerContext) {
+    package func channelReadComplete(context: ChannelHandlerContext) {
         // The stages above flush their replies here, which sends what waited with them.
         context.fireChannelReadComplete()
         // Outside a read every send takes all there is: anything still here waited for this.
         if self.connection.outputPending > 0 || !self.deferredPromises.isEmpty { self.sendOutput(context: context) }
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard let event = event as? ChannelEvent, event == .inputClosed else {
             context.fireUserInboundEventTriggered(event)
             return
@@ -345,7 +345,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         "the peer closed the connection without a TLS close_notify: what it sent may be truncated"
     )
 
-    public func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         let state = self.state
         self.cancelTimers()
         self.state = .closed(failure: nil)

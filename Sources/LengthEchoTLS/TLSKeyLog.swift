@@ -9,7 +9,7 @@ import Glibc
 /// one file, mode 0600, so Wireshark or tshark can decrypt a capture. It defeats the encryption for anyone who
 /// can read the file: a program turns it on only when asked by name (never by environment variable alone)
 /// and says so.
-public enum TLSKeyLog {
+package enum TLSKeyLog {
     /// The open key log, or -1. One per process, set before the contexts that log to it are built.
     private static let descriptor = Atomic<Int32>(-1)
 
@@ -18,7 +18,7 @@ public enum TLSKeyLog {
     /// or device is no log (opening one would block or write anywhere). An existing file with looser permissions
     /// is made 0600; the note returned says so, since what it held was exposed.
     @discardableResult
-    public static func open(_ path: String) throws(TLSError) -> String? {
+    package static func open(_ path: String) throws(TLSError) -> String? {
         // O_NONBLOCK: a FIFO with no reader fails at once (ENXIO) instead of blocking the start.
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o600)
         guard fd >= 0 else {

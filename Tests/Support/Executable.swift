@@ -11,7 +11,7 @@ import Glibc
 /// It is spawned with `posix_spawn` and pipes made close-on-exec, so no other child inherits them and their
 /// end-of-file is reliable; plain threads read the pipes and reap the child. (Foundation's `Process` and
 /// `FileHandle` were flaky here under parallel tests: inherited pipes, EINTR traps, dispatch crashes.)
-public final class Executable: Sendable {
+package final class Executable: Sendable {
     private struct State {
         var stdout: [UInt8] = []
         var stderr: [UInt8] = []
@@ -19,7 +19,7 @@ public final class Executable: Sendable {
         var exitStatus: Int32?
     }
 
-    public let pid: pid_t
+    package let pid: pid_t
     private let state = Mutex(State())
     private let condition = NSCondition()
     private let stdinFD: Mutex<Int32>
@@ -28,7 +28,7 @@ public final class Executable: Sendable {
     private let notify: AsyncStream<Void>.Continuation
 
     /// The folder the test bundle was built into, which also holds the package's executables.
-    public static let productsDirectory: String = {
+    package static let productsDirectory: String = {
         var url = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         while !FileManager.default.fileExists(atPath: url.appendingPathComponent("server").path), url.path != "/" {
             url.deleteLastPathComponent()
@@ -36,14 +36,14 @@ public final class Executable: Sendable {
         return url.path
     }()
 
-    public struct SpawnFailed: Error, CustomStringConvertible {
-        public let description: String
+    package struct SpawnFailed: Error, CustomStringConvertible {
+        package let description: String
     }
 
     /// - Parameters:
     ///   - environment: variables added to (or replacing) this process's environment for the child.
     ///   - passing: descriptors the child gets as 3, 4, ... (as systemd passes listening sockets).
-    public init(
+    package init(
         _ name: String, _ arguments: [String], stdin: Data? = nil, keepStdinOpen: Bool = false,
         environment: [String: String] = [:], passing: [Int32] = []
     ) throws {
@@ -164,13 +164,13 @@ public final class Executable: Sendable {
         self.notify.yield()
     }
 
-    public var stdout: String { String(decoding: self.state.withLock { $0.stdout }, as: UTF8.self) }
-    public var stderr: String { String(decoding: self.state.withLock { $0.stderr }, as: UTF8.self) }
-    public var isRunning: Bool { self.state.withLock { $0.exitStatus == nil } }
+    package var stdout: String { String(decoding: self.state.withLock { $0.stdout }, as: UTF8.self) }
+    package var stderr: String { String(decoding: self.state.withLock { $0.stderr }, as: UTF8.self) }
+    package var isRunning: Bool { self.state.withLock { $0.exitStatus == nil } }
     private var finished: Bool { self.state.withLock { $0.exitStatus != nil && $0.streamsEnded == 2 } }
 
     /// Waits until `condition` holds, woken by output or exit, never by polling on a timer.
-    public func wait(until condition: @Sendable (Executable) -> Bool) async {
+    package func wait(until condition: @Sendable (Executable) -> Bool) async {
         if condition(self) { return }
         for await _ in self.changes {
             if condition(self) { return }
@@ -180,7 +180,7 @@ public final class Executable: Sendable {
     /// The same, for at most `seconds`: whether `condition` held. (A bound, so a test that goes wrong fails
     /// with what it saw instead of running into its time limit.)
     @discardableResult
-    public func wait(seconds: Double, until condition: @escaping @Sendable (Executable) -> Bool) async -> Bool {
+    package func wait(seconds: Double, until condition: @escaping @Sendable (Executable) -> Bool) async -> Bool {
         await withTaskGroup(of: Bool.self) { group in
             group.addTask {
                 await self.wait(until: condition)
@@ -197,13 +197,13 @@ public final class Executable: Sendable {
     }
 
     /// Waits for the process to exit and its output to end; returns its exit status (128+N for signal N).
-    public func exitStatus() async -> Int32 {
+    package func exitStatus() async -> Int32 {
         await self.wait { $0.finished }
         return self.state.withLock { $0.exitStatus ?? -1 }
     }
 
     /// The same, blocking the calling thread.
-    public func exitStatusBlocking() -> Int32 {
+    package func exitStatusBlocking() -> Int32 {
         self.condition.lock()
         while !self.finished { self.condition.wait() }
         self.condition.unlock()
@@ -211,7 +211,7 @@ public final class Executable: Sendable {
     }
 
     /// Writes `text` to the process's standard input (opened with `keepStdinOpen`).
-    public func send(_ text: String) {
+    package func send(_ text: String) {
         self.stdinFD.withLock { fd in
             guard fd >= 0 else { return }
             let bytes = Array(text.utf8)
@@ -224,14 +224,14 @@ public final class Executable: Sendable {
         }
     }
 
-    public func closeStdin() {
+    package func closeStdin() {
         self.stdinFD.withLock { fd in
             if fd >= 0 { close(fd) }
             fd = -1
         }
     }
 
-    public func terminate(signal: Int32 = SIGTERM) {
+    package func terminate(signal: Int32 = SIGTERM) {
         if self.isRunning { kill(self.pid, signal) }
     }
 
@@ -251,7 +251,7 @@ private let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file
 }()
 
 /// Runs a command to completion and returns its exit status and its stdout and stderr together.
-public func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+package func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
     let process = try Executable(executable, arguments)
     let status = process.exitStatusBlocking()
     return (status, process.stdout + process.stderr)

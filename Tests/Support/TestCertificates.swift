@@ -3,21 +3,21 @@ import LengthEchoTLS
 
 /// Certificates made by `scripts/gen-certs.sh`, as a user would make them, into temporary folders:
 /// once per test run, shared by every TLS test.
-public struct TestCertificates: Sendable {
-    public let directory: String
-    public var ca: String { self.directory + "/ca.pem" }
-    public var serverCertificate: String { self.directory + "/server.pem" }
-    public var serverKey: String { self.directory + "/server.key" }
-    public var clientCertificate: String { self.directory + "/client.pem" }
-    public var clientKey: String { self.directory + "/client.key" }
+package struct TestCertificates: Sendable {
+    package let directory: String
+    package var ca: String { self.directory + "/ca.pem" }
+    package var serverCertificate: String { self.directory + "/server.pem" }
+    package var serverKey: String { self.directory + "/server.key" }
+    package var clientCertificate: String { self.directory + "/client.pem" }
+    package var clientKey: String { self.directory + "/client.key" }
 
     /// The usual set (ECDSA P-256), another CA's set, an RSA set, and a set whose server certificate expired.
-    public static let main = Task { try generate("main") }
-    public static let other = Task { try generate("other") }
-    public static let rsa = Task { try generate("rsa", ["--rsa"]) }
-    public static let expired = Task { try generate("expired", ["--expired"]) }
+    package static let main = Task { try generate("main") }
+    package static let other = Task { try generate("other") }
+    package static let rsa = Task { try generate("rsa", ["--rsa"]) }
+    package static let expired = Task { try generate("expired", ["--expired"]) }
 
-    public static let packageRoot: String = {
+    package static let packageRoot: String = {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().path
     }()
@@ -28,11 +28,11 @@ public struct TestCertificates: Sendable {
         return path
     }()
 
-    public struct GenerationFailed: Error, CustomStringConvertible {
-        public let description: String
+    package struct GenerationFailed: Error, CustomStringConvertible {
+        package let description: String
     }
 
-    public static func generate(_ name: String, _ flags: [String] = []) throws -> TestCertificates {
+    package static func generate(_ name: String, _ flags: [String] = []) throws -> TestCertificates {
         let directory = Self.root + "/" + name
         let result = try run(
             "/bin/bash", [Self.packageRoot + "/scripts/gen-certs.sh", "--out", directory, "--force"] + flags)
@@ -42,7 +42,7 @@ public struct TestCertificates: Sendable {
         return TestCertificates(directory: directory)
     }
 
-    public func serverContext(
+    package func serverContext(
         clientAuthentication: ClientAuthentication = .none,
         minimumVersion: TLSVersion = .tls12
     ) throws -> TLSContext {
@@ -55,7 +55,8 @@ public struct TestCertificates: Sendable {
         )
     }
 
-    public func clientContext(withCertificate: Bool = false, maximumVersion: TLSVersion = .tls13) throws -> TLSContext {
+    package func clientContext(withCertificate: Bool = false, maximumVersion: TLSVersion = .tls13) throws -> TLSContext
+    {
         try TLSContext.client(
             trustRoots: .file(self.ca),
             certificateChain: withCertificate ? self.clientCertificate : nil,
@@ -66,4 +67,4 @@ public struct TestCertificates: Sendable {
 }
 
 /// The bytes of a string, for expectations.
-public func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+package func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }

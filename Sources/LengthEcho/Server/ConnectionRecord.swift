@@ -3,68 +3,73 @@ import LengthEchoTLS
 import Logging
 import NIOCore
 
-/// Why a connection ended, as its connection line says it (`end=`).
-public enum ConnectionEnd: String, Sendable, CaseIterable {
-    /// The client closed (or half-closed) its side; everything it sent was answered.
-    case clientClosed = "client-closed"
-    /// Nothing arrived for the idle timeout between messages.
-    case idle
-    /// Nothing arrived for the idle timeout in the middle of a message.
-    case idleMidMessage = "idle-mid-message"
-    /// A message was not finished within the message timeout.
-    case messageTimeout = "message-timeout"
-    /// A message was longer than the largest accepted.
-    case tooLarge = "too-large"
-    /// The peer stopped taking its replies.
-    case notReading = "not-reading"
-    /// The server drained it on shutdown.
-    case drained
-    /// Still open when the drain timeout ran out.
-    case drainTimeout = "drain-timeout"
-    /// Refused: the server was at its connection cap.
-    case busy
-    /// Refused: the address is denied, or in no allowed range.
-    case denied
-    /// Refused: the address has its maximum of connections open.
-    case perAddressLimit = "per-address-limit"
-    /// Refused before any TLS work: the address is over its rate of handshakes.
-    case handshakeRate = "handshake-rate"
-    /// Refused: no valid PROXY header, from an address not trusted to send one, or not in time.
-    case proxyRefused = "proxy-refused"
-    /// The TLS handshake failed (the detail says why).
-    case handshakeFailed = "handshake-failed"
-    /// The TLS handshake did not finish in time.
-    case handshakeTimeout = "handshake-timeout"
-    /// A plaintext client on the TLS port.
-    case notTLS = "not-tls"
-    /// A TLS client on the plaintext port.
-    case notPlaintext = "not-plaintext"
-    /// The peer reset the connection, or closed a TLS connection without close_notify.
-    case reset
-    /// Anything else (the detail says what).
-    case error
+extension ConnectionSummary {
+    /// Why a connection ended, as its connection line says it (`end=`).
+    public enum End: String, Sendable, CaseIterable {
+        /// The client closed (or half-closed) its side; everything it sent was answered.
+        case clientClosed = "client-closed"
+        /// Nothing arrived for the idle timeout between messages.
+        case idle
+        /// Nothing arrived for the idle timeout in the middle of a message.
+        case idleMidMessage = "idle-mid-message"
+        /// A message was not finished within the message timeout.
+        case messageTimeout = "message-timeout"
+        /// A message was longer than the largest accepted.
+        case tooLarge = "too-large"
+        /// The peer stopped taking its replies.
+        case notReading = "not-reading"
+        /// The server drained it on shutdown.
+        case drained
+        /// Still open when the drain timeout ran out.
+        case drainTimeout = "drain-timeout"
+        /// Refused: the server was at its connection cap.
+        case busy
+        /// Refused: the address is denied, or in no allowed range.
+        case denied
+        /// Refused: the address has its maximum of connections open.
+        case perAddressLimit = "per-address-limit"
+        /// Refused before any TLS work: the address is over its rate of handshakes.
+        case handshakeRate = "handshake-rate"
+        /// Refused: no valid PROXY header, from an address not trusted to send one, or not in time.
+        case proxyRefused = "proxy-refused"
+        /// The TLS handshake failed (the detail says why).
+        case handshakeFailed = "handshake-failed"
+        /// The TLS handshake did not finish in time.
+        case handshakeTimeout = "handshake-timeout"
+        /// A plaintext client on the TLS port.
+        case notTLS = "not-tls"
+        /// A TLS client on the plaintext port.
+        case notPlaintext = "not-plaintext"
+        /// The peer reset the connection, or closed a TLS connection without close_notify.
+        case reset
+        /// Anything else (the detail says what).
+        case error
+    }
 }
+
+/// Spelled as before inside the package.
+package typealias ConnectionEnd = ConnectionSummary.End
 
 /// What the server knows about one connection, from accept to close, for the line logged when it ends.
 ///
 /// Shared by the connection's stages and used on its event loop only. The stage that ends the connection
 /// says why with `end(_:detail:)` (the first reason given wins); the protocol stage counts as it goes.
-public final class ConnectionRecord {
-    public let peer: ConnectionPeer
-    public let started: NIODeadline
-    public var messages = 0
-    public var bytesIn = 0
-    public var bytesOut = 0
-    public var tls: TLSConnectionInfo?
+package final class ConnectionRecord {
+    package let peer: ConnectionPeer
+    package let started: NIODeadline
+    package var messages = 0
+    package var bytesIn = 0
+    package var bytesOut = 0
+    package var tls: TLSConnectionInfo?
     /// From accept to the end of the TLS handshake, once it has finished.
     private(set) var handshakeDuration: TimeAmount?
     /// What the connection counts against, from its admission to its close.
     var ticket: AdmissionTicket?
-    public private(set) var end: ConnectionEnd?
+    package private(set) var end: ConnectionEnd?
     /// More about the end, when there is more to say (a TLS failure, a PROXY refusal).
-    public private(set) var detail: String?
+    package private(set) var detail: String?
 
-    public init(peer: ConnectionPeer, started: NIODeadline = .now()) {
+    package init(peer: ConnectionPeer, started: NIODeadline = .now()) {
         self.peer = peer
         self.started = started
     }
@@ -75,24 +80,24 @@ public final class ConnectionRecord {
         self.handshakeDuration = now - self.started
     }
 
-    public func end(_ reason: ConnectionEnd, detail: String? = nil) {
+    package func end(_ reason: ConnectionEnd, detail: String? = nil) {
         guard self.end == nil else { return }
         self.end = reason
         self.detail = detail
     }
 
     /// The connection line's metadata (the keys are the JSON keys).
-    public func metadata(now: NIODeadline = .now()) -> Logger.Metadata {
+    package func metadata(now: NIODeadline = .now()) -> Logger.Metadata {
         var metadata: Logger.Metadata = [:]
         self.summary(now: now).forEachField { name, value in metadata[name] = value.metadataValue }
         return metadata
     }
 
     /// Whether this is a balancer's own connection (a PROXY v2 `LOCAL` health check), logged at `debug`.
-    public var isHealthCheck = false
+    package var isHealthCheck = false
 
     /// What the connection line says, as values.
-    public func summary(now: NIODeadline = .now()) -> ConnectionSummary {
+    package func summary(now: NIODeadline = .now()) -> ConnectionSummary {
         ConnectionSummary(
             peer: self.peer.address,
             via: self.peer.via,
@@ -130,7 +135,7 @@ public struct ConnectionSummary: Sendable {
     public var bytesIn: Int
     public var bytesOut: Int
     public var duration: TimeAmount
-    public var end: ConnectionEnd
+    public var end: End
     public var detail: String?
     public var isHealthCheck: Bool
 

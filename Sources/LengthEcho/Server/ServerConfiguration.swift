@@ -54,10 +54,10 @@ public struct ServerConfiguration: Sendable {
     public var handshakeTimeout: TimeAmount = .seconds(10)
     /// Behind a balancer: every connection must come from one of its addresses and begin with a PROXY
     /// protocol header, whose client becomes the connection's peer. Off (nil): connections are direct.
-    public var proxyProtocol: ProxyProtocolConfiguration?
+    public var proxyProtocol: ProxyProtocol?
     /// Called on the connection's event loop with each message received (the executable prints it), and
-    /// who sent it.
-    public var onMessage: (@Sendable (ByteBuffer, ConnectionPeer) -> Void)?
+    /// who sent it: the client's address (behind a balancer, the one its PROXY header named).
+    public var onMessage: (@Sendable (_ message: ByteBuffer, _ peer: SocketAddress?) -> Void)?
     /// Called on the connection's event loop as each connection ends, with what its line says; when nil, the
     /// line goes to `logger` at `info`.
     public var connectionLog: (@Sendable (ConnectionSummary) -> Void)?
@@ -70,16 +70,21 @@ public struct ServerConfiguration: Sendable {
     public init() {}
 }
 
-/// Which balancers may send PROXY protocol headers, and how long a header may take.
-public struct ProxyProtocolConfiguration: Sendable {
-    /// Connections from anywhere else are refused: a header is only believed from a balancer trusted to
-    /// write it, or any client could claim any address.
-    public var trustedSources: [AddressRange]
-    /// A connection whose header is not complete this long after it was accepted is closed.
-    public var headerTimeout: TimeAmount = .seconds(5)
+extension ServerConfiguration {
+    /// Which balancers may send PROXY protocol headers, and how long a header may take.
+    public struct ProxyProtocol: Sendable {
+        /// Connections from anywhere else are refused: a header is only believed from a balancer trusted to
+        /// write it, or any client could claim any address.
+        public var trustedSources: [AddressPolicy.AddressRange]
+        /// A connection whose header is not complete this long after it was accepted is closed.
+        public var headerTimeout: TimeAmount = .seconds(5)
 
-    public init(trustedSources: [AddressRange], headerTimeout: TimeAmount = .seconds(5)) {
-        self.trustedSources = trustedSources
-        self.headerTimeout = headerTimeout
+        public init(trustedSources: [AddressPolicy.AddressRange], headerTimeout: TimeAmount = .seconds(5)) {
+            self.trustedSources = trustedSources
+            self.headerTimeout = headerTimeout
+        }
     }
 }
+
+/// Spelled as before inside the package.
+package typealias ProxyProtocolConfiguration = ServerConfiguration.ProxyProtocol

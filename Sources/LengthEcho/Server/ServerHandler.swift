@@ -41,7 +41,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     private var replies: ByteBuffer
     private let buffers: LoopBuffers
     private var lingerTimer: Scheduled<Void>?
-    private let onMessage: (@Sendable (ByteBuffer, ConnectionPeer) -> Void)?
+    private let onMessage: (@Sendable (ByteBuffer, SocketAddress?) -> Void)?
 
     init(configuration: ServerConfiguration, buffers: LoopBuffers, record: ConnectionRecord, now: NIODeadline) {
         self.record = record
@@ -89,7 +89,7 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
     }
 
     private func answer(_ message: ByteBuffer, context: ChannelHandlerContext) {
-        self.onMessage?(message, self.record.peer)
+        self.onMessage?(message, self.record.peer.address)
         self.record.messages += 1
         self.record.bytesOut += Reply.encodedLength(ofMessageLength: message.readableBytes)
         if message.readableBytes >= Self.zeroCopyThreshold {

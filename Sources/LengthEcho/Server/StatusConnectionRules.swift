@@ -1,22 +1,27 @@
 import NIOCore
 
-/// The limits of the status port: how many connections, how large and how slow a request may be.
-public struct StatusLimits: Sendable, Equatable {
-    /// Status connections open at once; further ones get 503 and are closed at once.
-    public var maximumConnections = 64
-    /// The request line and header fields together, in bytes (431 beyond it).
-    public var maximumHeadBytes = 8 * 1024
-    /// Header fields in one request (431 beyond it).
-    public var maximumHeaderFields = 100
-    /// From a request's first byte to the end of its head (408 beyond it, then closed).
-    public var headTimeout: TimeAmount = .seconds(5)
-    /// From the end of a response (or the connection's start) to the next request's first byte.
-    public var idleTimeout: TimeAmount = .seconds(30)
-    /// From a request's head to its response written to the socket (a peer that does not read is closed).
-    public var answerTimeout: TimeAmount = .seconds(10)
+extension StatusServer {
+    /// The limits of the status port: how many connections, how large and how slow a request may be.
+    public struct Limits: Sendable, Equatable {
+        /// Status connections open at once; further ones get 503 and are closed at once.
+        public var maximumConnections = 64
+        /// The request line and header fields together, in bytes (431 beyond it).
+        public var maximumHeadBytes = 8 * 1024
+        /// Header fields in one request (431 beyond it).
+        public var maximumHeaderFields = 100
+        /// From a request's first byte to the end of its head (408 beyond it, then closed).
+        public var headTimeout: TimeAmount = .seconds(5)
+        /// From the end of a response (or the connection's start) to the next request's first byte.
+        public var idleTimeout: TimeAmount = .seconds(30)
+        /// From a request's head to its response written to the socket (a peer that does not read is closed).
+        public var answerTimeout: TimeAmount = .seconds(10)
 
-    public init() {}
+        public init() {}
+    }
 }
+
+/// Spelled as before inside the package.
+package typealias StatusLimits = StatusServer.Limits
 
 /// One status connection's rules, as a value: it is told what arrived and when, and what was answered and when,
 /// and says what to do. It reads no clock; the handler gives it `now`.

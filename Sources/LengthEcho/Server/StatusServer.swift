@@ -15,7 +15,7 @@ import Synchronization
 ///   with a body gets 413. HEAD is answered like GET, without the body. The target may be in origin form
 ///   (`/metrics`) or absolute form (`http://host/metrics`, RFC 9112 3.2.2).
 ///
-/// Its own limits (`StatusLimits`): at most 64 connections (more get 503 and are closed at once), a head of at most
+/// Its own limits (`Limits`): at most 64 connections (more get 503 and are closed at once), a head of at most
 /// 8 KiB and 100 fields (431), a head complete within 5 s of its first byte (408), 30 s idle between requests,
 /// and 10 s to write each response; every way a status connection can end has a deadline.
 public final class StatusServer: Sendable {
@@ -38,7 +38,7 @@ public final class StatusServer: Sendable {
         host: String,
         port: Int,
         metricsContentType: String = StatusServer.prometheusContentType,
-        limits: StatusLimits = StatusLimits(),
+        limits: Limits = Limits(),
         metrics: @escaping @Sendable () async -> [UInt8]
     ) async throws(LengthEchoError) -> StatusServer {
         let address: SocketAddress
