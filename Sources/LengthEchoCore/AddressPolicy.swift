@@ -3,9 +3,12 @@ import NIOCore
 /// Who may connect at all, by address (the client's, after PROXY): `deny` ranges are refused; when `allow`
 /// ranges are given, only addresses in one of them are served.
 public struct AddressPolicy: Sendable, Equatable {
+    /// Only addresses in one of these are served, when any are given.
     public var allow: [AddressRange]
+    /// Addresses in any of these are refused.
     public var deny: [AddressRange]
 
+    /// A policy of these ranges.
     public init(allow: [AddressRange] = [], deny: [AddressRange] = []) {
         self.allow = allow
         self.deny = deny

@@ -32,13 +32,13 @@ public enum Framing: String, Sendable, CaseIterable {
     }
 
     /// Appends `message` and the terminator to `buffer`: one request as a client sends it.
-    public func writeRequest(_ message: some Collection<UInt8>, into buffer: inout ByteBuffer) {
+    package func writeRequest(_ message: some Collection<UInt8>, into buffer: inout ByteBuffer) {
         buffer.writeBytes(message)
         buffer.writeInteger(self.terminator)
     }
 
     /// Why `message` cannot be sent intact in this framing, or nil when it can.
-    public func problem(sending message: some BidirectionalCollection<UInt8>) -> LengthEchoError? {
+    package func problem(sending message: some BidirectionalCollection<UInt8>) -> LengthEchoError? {
         if message.contains(self.terminator) { return .messageContainsTerminator(self) }
         if self.stripsCarriageReturn, message.last == 0x0D { return .messageEndsWithCarriageReturn }
         return nil

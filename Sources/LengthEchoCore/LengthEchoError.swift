@@ -40,6 +40,7 @@ public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible
         case other(String)
     }
 
+    /// The sentence a user reads.
     public var description: String {
         switch self {
         case .messageTooLarge(let limit):
@@ -77,7 +78,7 @@ public enum LengthEchoError: Error, Equatable, Sendable, CustomStringConvertible
     }
 
     /// `host:port`, with IPv6 literals in brackets.
-    public static func format(host: String, port: Int) -> String {
+    package static func format(host: String, port: Int) -> String {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 }

@@ -4,8 +4,6 @@ import NIOCore
 import Glibc
 #elseif canImport(Musl)
 import Musl
-#elseif canImport(Darwin)
-import Darwin
 #endif
 
 /// Splits a byte stream into length-echo messages, each ended by its framing's terminator (one NUL byte, or

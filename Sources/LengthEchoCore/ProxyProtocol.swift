@@ -211,6 +211,7 @@ extension AddressPolicy {
     /// on `[::]`; one shorter than /96 would reach outside the mapped space, and is refused.
     public struct AddressRange: Sendable, Equatable, CustomStringConvertible {
         private let network: [UInt8]
+        /// How many leading bits of an address must match.
         public let prefixLength: Int
         /// Whether the text had bits set past the prefix (`10.0.0.1/24`): the range is its network (`10.0.0.0/24`),
         /// which may not be what was meant.
@@ -218,6 +219,7 @@ extension AddressPolicy {
 
         /// Why a text is not an address range.
         public struct ParseError: Error, CustomStringConvertible, Sendable {
+            /// What is wrong with the text.
             public let description: String
         }
 
@@ -278,6 +280,7 @@ extension AddressPolicy {
             return Self.masked(bytes, self.prefixLength) == self.network
         }
 
+        /// `ADDRESS/LENGTH`.
         public var description: String {
             let host: String
             if self.network.count == 4 {

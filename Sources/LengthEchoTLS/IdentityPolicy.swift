@@ -10,12 +10,16 @@ extension TLSContext {
     /// name, DNS name, URI (a SPIFFE ID, say) or SubjectPublicKeyInfo SHA-256 is listed. Matched exactly (no
     /// wildcards), any one listed identity enough. Empty: any certificate the CA verifies.
     public struct IdentityPolicy: Sendable, Equatable {
+        /// Subject common names (a certificate with exactly one CN matches on it).
         public var commonNames: [String]
+        /// subjectAltName DNS names.
         public var dnsNames: [String]
+        /// subjectAltName URIs (a SPIFFE ID, say).
         public var uris: [String]
         /// SHA-256 digests of the DER SubjectPublicKeyInfo, 32 bytes each.
         public var publicKeySHA256: [[UInt8]]
 
+        /// A policy accepting any of the identities listed.
         public init(
             commonNames: [String] = [], dnsNames: [String] = [], uris: [String] = [], publicKeySHA256: [[UInt8]] = []
         ) {
@@ -25,6 +29,7 @@ extension TLSContext {
             self.publicKeySHA256 = publicKeySHA256
         }
 
+        /// Whether nothing is listed (then any certificate the CA verifies is accepted).
         public var isEmpty: Bool {
             self.commonNames.isEmpty && self.dnsNames.isEmpty && self.uris.isEmpty && self.publicKeySHA256.isEmpty
         }

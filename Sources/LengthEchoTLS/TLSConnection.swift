@@ -8,13 +8,17 @@ import Glibc
 
 /// What a finished handshake agreed on.
 public struct TLSConnectionInfo: Sendable, Equatable {
+    /// The protocol version, as OpenSSL names it (`TLSv1.3`).
     public let version: String
+    /// The cipher suite, as OpenSSL names it (`TLS_AES_128_GCM_SHA256`).
     public let cipher: String
+    /// Whether the handshake resumed an earlier session (a ticket, or a TLS 1.2 session ID).
     public let resumed: Bool
     /// The protocol agreed by ALPN (`length-echo`), or nil when none was.
     public let alpn: String?
-    /// The peer certificate's subject and expiry, when it sent one.
+    /// The peer certificate's subject (one line, escaped), when it sent one.
     public let peerSubject: String?
+    /// The peer certificate's expiry, when it sent one.
     public let peerNotAfter: String?
 }
 

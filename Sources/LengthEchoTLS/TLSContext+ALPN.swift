@@ -9,8 +9,8 @@ package enum ALPN {
     package static let protocolName = "length-echo"
 
     /// `protocolName` in ALPN's wire form (a length byte, then the name), in storage that lives as long as the
-    /// process: OpenSSL's selection callback returns a pointer into it.
-    // Written once, then only read: safe to share.
+    /// process: OpenSSL's selection callback returns a pointer into it. Written once, then only read: safe to
+    /// share.
     nonisolated(unsafe) static let wire: UnsafeMutableBufferPointer<UInt8> = {
         let bytes = [UInt8(protocolName.utf8.count)] + Array(protocolName.utf8)
         let storage = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: bytes.count)

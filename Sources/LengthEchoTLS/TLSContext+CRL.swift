@@ -11,6 +11,7 @@ extension TLSContext {
         /// Accept a CRL past its next-update date (warned about) instead of refusing every client.
         public var allowStale: Bool
 
+        /// Checks client certificates against the CRLs in `crlFile`.
         public init(crlFile: String, checkWholeChain: Bool = false, allowStale: Bool = false) {
             self.crlFile = crlFile
             self.checkWholeChain = checkWholeChain

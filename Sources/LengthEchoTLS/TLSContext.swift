@@ -54,15 +54,17 @@ package typealias TrustRoots = TLSContext.TrustRoots
 /// One immutable `SSL_CTX`, built once per role before serving and shared by every connection.
 ///
 /// Building a context parses PEM files and is slow; creating an `SSL` from a finished context is cheap.
-/// After `init` the context is never changed, which is what makes sharing it between threads safe.
+/// A context is finished by the factory that builds it (`server(...)`, `client(...)`) and never changed after
+/// that (its session-ticket keys rotate, under their own lock), which is what makes sharing it between threads
+/// safe.
 public final class TLSContext: @unchecked Sendable {
     /// The `SSL_CTX`, owned; only `makeSSL` hands it to OpenSSL.
     private let pointer: OpaquePointer
-    public let isServer: Bool
+    package let isServer: Bool
     /// Client role: whether the peer's certificate and name are verified (false only with --insecure).
-    public let verifiesPeer: Bool
+    package let verifiesPeer: Bool
     /// Client role: whether a client certificate was configured (for error hints).
-    public let hasCertificate: Bool
+    package let hasCertificate: Bool
 
     /// The TLS 1.3 suites, cheapest first: AES-128-GCM where the CPU has AES instructions (as BoringSSL orders
     /// them), ChaCha20-Poly1305 first where it has not.
@@ -86,7 +88,7 @@ public final class TLSContext: @unchecked Sendable {
     }()
 
     /// The Mozilla "intermediate" TLS 1.2 cipher list (ECDHE with AEAD only). TLS 1.3 suites are all AEAD.
-    public static let intermediateCiphers = [
+    package static let intermediateCiphers = [
         "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
         "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
         "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
@@ -98,9 +100,9 @@ public final class TLSContext: @unchecked Sendable {
     /// on a client); nil: any certificate the CA verifies.
     let identityPolicy: IdentityPolicy?
     /// Server role: the client CRLs checked, if any.
-    public private(set) var revocation: RevocationPolicy?
+    package private(set) var revocation: RevocationPolicy?
     /// Server role: the CRLs past their next-update date when loaded (set while the context is built).
-    public private(set) var staleCRLs: [String] = []
+    package private(set) var staleCRLs: [String] = []
     /// Whether the verify callback has work to do: a server verifying clients (which must send a leaf, not a CA),
     /// an identity policy, or stale CRLs to accept.
     var needsVerifyCallback: Bool {

@@ -6,6 +6,7 @@ internal import COpenSSL
 /// cases a program can advise about in its own terms (the `client` executable, say, suggests `--ca` for
 /// `.untrustedPeerCertificate`).
 public struct TLSError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// What kind of failure it was.
     public enum Kind: Equatable, Sendable {
         /// A certificate, key or CA file could not be used.
         case configuration
@@ -17,8 +18,6 @@ public struct TLSError: Error, Equatable, Sendable, CustomStringConvertible {
         case handshakeTimeout
         /// The peer closed the TCP connection without a TLS close_notify: the data may be truncated.
         case uncleanShutdown
-        /// The peer does not speak TLS (a plaintext server, as seen by a TLS client).
-        case peerNotTLS
         /// Any other OpenSSL failure after the handshake.
         case protocolError
     }
@@ -46,16 +45,21 @@ public struct TLSError: Error, Equatable, Sendable, CustomStringConvertible {
         case peerNotTLS
     }
 
+    /// What kind of failure it was.
     public let kind: Kind
+    /// The sentence a user reads.
     public let message: String
+    /// What a program may advise about, when OpenSSL's reason codes say.
     public let cause: Cause?
 
+    /// A failure of `kind`, told in `message`.
     public init(_ kind: Kind, _ message: String, cause: Cause? = nil) {
         self.kind = kind
         self.message = message
         self.cause = cause
     }
 
+    /// The sentence a user reads.
     public var description: String { self.message }
 }
 

@@ -289,7 +289,7 @@ package final class TLSHandler: ChannelDuplexHandler {
         guard case .handshaking(let handshake) = self.state else { return }
         handshake.timer.cancel()
         if self.connection.isServer {
-            let error = TLSError(.peerNotTLS, "the client did not speak TLS", cause: .peerNotTLS)
+            let error = TLSError(.handshake, "the client did not speak TLS", cause: .peerNotTLS)
             handshake.promise?.fail(error)
             context.fireUserInboundEventTriggered(TLSEvent.handshakeFailed(error))
             self.state = .closed(failure: nil)
@@ -300,7 +300,7 @@ package final class TLSHandler: ChannelDuplexHandler {
         } else {
             let preview = Array(bytes.readableBytesView.prefix(40))
             let error = TLSError(
-                .peerNotTLS,
+                .handshake,
                 "TLS handshake failed: the server did not speak TLS (it answered \"\(Escaping.printable(preview))\"): is it a plaintext server?",
                 cause: .peerNotTLS
             )

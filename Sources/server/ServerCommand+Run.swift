@@ -15,8 +15,6 @@ import UnixSignals
 import Glibc
 #elseif canImport(Musl)
 import Musl
-#elseif canImport(Darwin)
-import Darwin
 #endif
 
 extension ServerCommand {

@@ -15,8 +15,6 @@ import UnixSignals
 import Glibc
 #elseif canImport(Musl)
 import Musl
-#elseif canImport(Darwin)
-import Darwin
 #endif
 
 /// The TLS side of the command: the context from the flags, the key's permissions, reloads, expiry.

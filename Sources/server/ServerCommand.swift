@@ -15,8 +15,6 @@ import UnixSignals
 import Glibc
 #elseif canImport(Musl)
 import Musl
-#elseif canImport(Darwin)
-import Darwin
 #endif
 
 @main
@@ -319,6 +317,4 @@ struct ServerCommand: AsyncParsableCommand {
                 "--client-auth \(self.clientAuth.rawValue) needs --client-ca: the CA that signs client certificates")
         }
     }
-
-    /// A key anyone else on the machine can read is no longer a secret: say so (and keep serving).
 }

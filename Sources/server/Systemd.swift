@@ -34,8 +34,6 @@ final class SystemdNotifier: Sendable {
         if self.fd >= 0 { close(self.fd) }
     }
 
-    var isActive: Bool { self.fd >= 0 }
-
     /// Sends `state` (lines of `KEY=VALUE`) as one datagram.
     func notify(_ state: String) {
         guard self.fd >= 0 else { return }

@@ -162,7 +162,8 @@ struct AttackBatteryTests {
                     reply = try await client.send(bytes("normal")).text
                 } catch LengthEchoError.serverError(let reason) where reason.hasPrefix("server busy") {
                     reply = nil
-                } catch let error as TLSError where error.kind == .peerNotTLS && error.message.contains("server busy") {
+                } catch let error as TLSError where error.cause == .peerNotTLS && error.message.contains("server busy")
+                {
                     reply = nil  // the refusal comes before any TLS, as a plaintext line
                 }
                 await client.close()

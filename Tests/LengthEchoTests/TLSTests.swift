@@ -199,7 +199,7 @@ struct TLSTests {
         await #expect {
             _ = try await self.tlsClient(plainServer, try certificates.clientContext()).connect()
         } throws: { error in
-            (error as? TLSError)?.kind == .peerNotTLS && "\(error)".contains("did not speak TLS")
+            (error as? TLSError)?.cause == .peerNotTLS && "\(error)".contains("did not speak TLS")
         }
         // Both servers keep serving.
         let tlsClient = self.tlsClient(tlsServer, try certificates.clientContext())

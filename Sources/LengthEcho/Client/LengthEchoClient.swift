@@ -7,8 +7,6 @@ import NIOPosix
 import Glibc
 #elseif canImport(Musl)
 import Musl
-#elseif canImport(Darwin)
-import Darwin
 #endif
 
 /// A length-echo client: the tutorial's `socket()`, `connect()`, `write()` and `read()`.
@@ -17,6 +15,7 @@ import Darwin
 /// server does after every one), the next message goes over a new connection. Concurrent `send` calls are
 /// pipelined on the one connection and each gets its own reply.
 public actor LengthEchoClient {
+    /// What the client was made with.
     public let configuration: ClientConfiguration
     private let group: any EventLoopGroup
     private var channel: (any Channel)?
@@ -39,11 +38,12 @@ public actor LengthEchoClient {
     public static let mostResends = 3
 
     /// True once after each new connection: lets a caller report each handshake once.
-    public func takeNewConnectionFlag() -> Bool {
+    package func takeNewConnectionFlag() -> Bool {
         defer { self.connectedSinceAsked = false }
         return self.connectedSinceAsked
     }
 
+    /// A client that connects on its first message; `group` defaults to NIO's shared one.
     public init(configuration: ClientConfiguration, group: (any EventLoopGroup)? = nil) {
         self.configuration = configuration
         self.group = group ?? MultiThreadedEventLoopGroup.singleton

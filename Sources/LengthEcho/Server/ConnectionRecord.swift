@@ -128,15 +128,25 @@ package final class ConnectionRecord {
 /// One connection's line, as values: for a program that writes its own log lines (the `server` executable
 /// writes them straight into its log buffer, cheaper than building swift-log metadata per connection).
 public struct ConnectionSummary: Sendable {
+    /// The client (behind a balancer, the one its PROXY header named).
     public var peer: SocketAddress?
+    /// The balancer the connection came through, if any.
     public var via: SocketAddress?
+    /// What the TLS handshake agreed on, when there was one.
     public var tls: TLSConnectionInfo?
+    /// Messages answered.
     public var messages: Int
+    /// Protocol bytes received (before TLS).
     public var bytesIn: Int
+    /// Protocol bytes sent (before TLS).
     public var bytesOut: Int
+    /// From accept to close.
     public var duration: TimeAmount
+    /// Why the connection ended.
     public var end: End
+    /// More about the end, when there is more to say.
     public var detail: String?
+    /// Whether it was a balancer's own health check (a PROXY v2 `LOCAL` connection).
     public var isHealthCheck: Bool
 
     /// One field of the line, as a value.

@@ -9,13 +9,12 @@ import Synchronization
 import Glibc
 #elseif canImport(Musl)
 import Musl
-#elseif canImport(Darwin)
-import Darwin
 #endif
 
 /// A running length-echo server: the tutorial's `socket()`, `bind()`, `listen()` and `accept()`, on every
 /// core. Start it with `start(configuration:)`, read `port`, and stop it with `shutdown()`.
 public final class LengthEchoServer: Sendable {
+    /// What the server was started with.
     public let configuration: ServerConfiguration
     /// Where the server listens, one address per listening socket.
     public let localAddresses: [SocketAddress]
@@ -55,7 +54,9 @@ public final class LengthEchoServer: Sendable {
         return .ready
     }
 
+    /// Whether a balancer should send new connections (`/readyz`).
     public enum Readiness: Sendable, Equatable {
+        /// Listening, not draining, below the connection cap.
         case ready
         /// A drain has begun: the listeners are closing or closed.
         case draining
@@ -69,7 +70,7 @@ public final class LengthEchoServer: Sendable {
     }
 
     /// Returns once every event loop has run a task: they are all turning (for a watchdog).
-    public func eventLoopsAnswer() async {
+    package func eventLoopsAnswer() async {
         for state in self.loopStates {
             try? await state.eventLoop.submit {}.get()
         }
@@ -77,7 +78,7 @@ public final class LengthEchoServer: Sendable {
 
     /// Folds every event loop's counts (open connections as they stand) and publishes them through
     /// swift-metrics, so what the metrics backend shows next includes every message answered before this call.
-    public func publishMetrics() async {
+    package func publishMetrics() async {
         let totals = self.loopStates.map { state in state.eventLoop.submit { state.value.totals() } }
         var sum = ConnectionTotals()
         var accepted: [Int] = []

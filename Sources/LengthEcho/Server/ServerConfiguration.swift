@@ -67,6 +67,7 @@ public struct ServerConfiguration: Sendable {
     /// `0.0.0.0` and `::`.
     public static let allAddresses = ["0.0.0.0", "::"]
 
+    /// The defaults: plaintext on port 4000 of every address.
     public init() {}
 }
 
@@ -79,6 +80,7 @@ extension ServerConfiguration {
         /// A connection whose header is not complete this long after it was accepted is closed.
         public var headerTimeout: TimeAmount = .seconds(5)
 
+        /// Headers believed from `trustedSources` only, complete within `headerTimeout` of accept.
         public init(trustedSources: [AddressPolicy.AddressRange], headerTimeout: TimeAmount = .seconds(5)) {
             self.trustedSources = trustedSources
             self.headerTimeout = headerTimeout

@@ -215,10 +215,10 @@ final class LengthEchoServerHandler: ChannelDuplexHandler {
 extension ConnectionEnd {
     /// How a failed TLS handshake ends a connection.
     init(handshakeFailure error: TLSError) {
-        switch error.kind {
-        case .handshakeTimeout: self = .handshakeTimeout
-        case .peerNotTLS: self = .notTLS
-        default: self = .handshakeFailed
+        if error.kind == .handshakeTimeout {
+            self = .handshakeTimeout
+        } else {
+            self = error.cause == .peerNotTLS ? .notTLS : .handshakeFailed
         }
     }
 }

@@ -16,6 +16,7 @@ extension StatusServer {
         /// From a request's head to its response written to the socket (a peer that does not read is closed).
         public var answerTimeout: TimeAmount = .seconds(10)
 
+        /// The defaults above.
         public init() {}
     }
 }
