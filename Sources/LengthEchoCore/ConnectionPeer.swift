@@ -5,8 +5,8 @@ import NIOCore
 /// It starts as the socket's remote address. A stage that learns better replaces it: the PROXY protocol
 /// stage, behind a balancer, sets `address` to the client the header names and keeps the balancer's own
 /// address in `via`. Anything that logs, limits or authorizes by address reads it from here, never from
-/// `channel.remoteAddress`. Owned by the connection's pipeline and used on its event loop only.
-package final class ConnectionPeer {
+/// `channel.remoteAddress`. A value: the connection's record holds the one that counts.
+package struct ConnectionPeer: Sendable {
     /// The client: the socket's peer, or what a trusted stage in front of it said.
     package var address: SocketAddress?
     /// The proxy or balancer the connection came through, when a stage says there was one.

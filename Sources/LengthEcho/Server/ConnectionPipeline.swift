@@ -34,20 +34,20 @@ enum ConnectionPipeline {
         channel.closeFuture.assumeIsolated().whenComplete { _ in
             loopState.connectionClosed(channel, record: record)
         }
-        let serve = { (pipeline: ChannelPipeline.SynchronousOperations) throws in
-            try Self.serve(
-                channel, pipeline, record: record, configuration: configuration, loopState: loopState, tls: tls,
-                admission: admission)
-        }
         do {
             if let proxy = configuration.proxyProtocol {
                 try channel.pipeline.syncOperations.addHandler(
                     ProxyProtocolHandler(trusted: proxy.trustedSources, timeout: proxy.headerTimeout, record: record) {
-                        context in try serve(context.pipeline.syncOperations)
+                        context in
+                        try Self.serve(
+                            channel, context.pipeline.syncOperations, record: record, configuration: configuration,
+                            loopState: loopState, tls: tls, admission: admission)
                     }
                 )
             } else {
-                try serve(channel.pipeline.syncOperations)
+                try Self.serve(
+                    channel, channel.pipeline.syncOperations, record: record, configuration: configuration,
+                    loopState: loopState, tls: tls, admission: admission)
             }
         } catch {
             record.end(.error, detail: "the connection could not be set up: \(error)")

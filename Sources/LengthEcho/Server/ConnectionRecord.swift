@@ -55,11 +55,13 @@ package typealias ConnectionEnd = ConnectionSummary.End
 /// Shared by the connection's stages and used on its event loop only. The stage that ends the connection
 /// says why with `end(_:detail:)` (the first reason given wins); the protocol stage counts as it goes.
 package final class ConnectionRecord {
-    package let peer: ConnectionPeer
+    package var peer: ConnectionPeer
     package let started: NIODeadline
-    package var messages = 0
-    package var bytesIn = 0
-    package var bytesOut = 0
+    // Counted per read and per message on the connection's loop only, never while another access is open: the
+    // run-time exclusivity checks, a call each, are left out.
+    @exclusivity(unchecked) package var messages = 0
+    @exclusivity(unchecked) package var bytesIn = 0
+    @exclusivity(unchecked) package var bytesOut = 0
     package var tls: TLSConnectionInfo?
     /// From accept to the end of the TLS handshake, once it has finished.
     private(set) var handshakeDuration: TimeAmount?
