@@ -2,7 +2,8 @@ import LengthEchoCore
 import LengthEchoTLS
 import NIOCore
 
-/// The one place a server connection's pipeline is built, stage by stage, lowest first:
+/// The one place a server connection's pipeline is built, stage by stage, lowest first (each stage named: NIO
+/// would otherwise format a name for each handler of each connection):
 ///
 ///     socket → [PROXY protocol] → admission → [TLS] → protocol (LengthEchoServerHandler)
 ///
@@ -42,7 +43,8 @@ enum ConnectionPipeline {
                         try Self.serve(
                             channel, context.pipeline.syncOperations, record: record, configuration: configuration,
                             loopState: loopState, tls: tls, admission: admission)
-                    }
+                    },
+                    name: "proxy"
                 )
             } else {
                 try Self.serve(
@@ -74,8 +76,9 @@ enum ConnectionPipeline {
             }
             switch reply {
             case .none: channel.close(promise: nil)
-            case .busy: try pipeline.addHandler(BusyRejectHandler(refusal: loopState.busyRefusal))
-            case .perAddressBusy: try pipeline.addHandler(BusyRejectHandler(refusal: loopState.perAddressRefusal))
+            case .busy: try pipeline.addHandler(BusyRejectHandler(refusal: loopState.busyRefusal), name: "busy")
+            case .perAddressBusy:
+                try pipeline.addHandler(BusyRejectHandler(refusal: loopState.perAddressRefusal), name: "busy")
             }
         case .admitted(let ticket):
             // Held from here: released when the channel closes, whatever happens next.
@@ -87,14 +90,16 @@ enum ConnectionPipeline {
                         handshakeTimeout: configuration.handshakeTimeout,
                         plaintextRefusal: loopState.plaintextRefusal,
                         buffers: loopState.buffers
-                    )
+                    ),
+                    name: "tls"
                 )
             }
             // Behind PROXY the protocol's clock starts once the header is read; else at accept.
             let now = configuration.proxyProtocol == nil ? record.started : .now()
             try pipeline.addHandler(
                 LengthEchoServerHandler(
-                    configuration: configuration, buffers: loopState.buffers, record: record, now: now)
+                    configuration: configuration, buffers: loopState.buffers, record: record, now: now),
+                name: "length-echo"
             )
             loopState.serve(channel, record: record)
         }
