@@ -28,7 +28,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: [.customShort("c"), .long], help: "Concurrent connections.")
     var connections = 50
 
-    @Option(name: [.customShort("d"), .long], help: "Seconds to measure.")
+    @Option(
+        name: [.customShort("d"), .long],
+        help: "Seconds to measure (SIGINT or SIGTERM ends a run early, and it reports what it measured).")
     var duration: Double = 5
 
     @Option(name: .long, help: "Seconds of load before measuring.")
@@ -67,6 +69,13 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("reply-timeout"), help: "Seconds to wait for a reply.")
     var replyTimeout: Double = 10
 
+    @Option(
+        name: .long,
+        help:
+            "Milliseconds each connection waits after a reply before its next request: a paced load (default: 0, as fast as it can)."
+    )
+    var pause: Double = 0
+
     @Option(name: .long, help: "Open this many connections, keep them idle until stdin closes, then exit.")
     var hold: Int?
 
@@ -84,6 +93,9 @@ struct BenchCommand: AsyncParsableCommand {
         }
         guard ["per-request", "persistent"].contains(self.mode) else {
             throw ValidationError("--mode is per-request or persistent")
+        }
+        guard self.pause >= 0, self.pause <= 60_000 else {
+            throw ValidationError("--pause is milliseconds from 0 to 60000")
         }
     }
 
@@ -125,10 +137,12 @@ struct BenchCommand: AsyncParsableCommand {
             tls: tlsContext,
             resume: self.resume,
             replyTimeout: .fromSeconds(self.replyTimeout),
+            pause: .fromSeconds(self.pause / 1000),
             measureFrom: self.requests == nil ? measureFrom : start,
             stopAt: stopAt
         )
 
+        StopRequest.trap()
         let cpuBefore = CPUTime.now()
         let loops = Array(group.makeIterator())
         var progresses: [Progress] = []

@@ -1,3 +1,4 @@
+import Dispatch
 import Histogram
 import LengthEcho
 import LengthEchoCore
@@ -5,6 +6,10 @@ import LengthEchoTLS
 import NIOCore
 import NIOPosix
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What one run drives: where, how, and what every reply must be.
 struct LoadPlan: Sendable {
@@ -26,6 +31,8 @@ struct LoadPlan: Sendable {
     var tls: TLSContext?
     var resume: Bool
     var replyTimeout: TimeAmount
+    /// How long each connection waits after a reply before its next request (zero: none, as fast as it can).
+    var pause: TimeAmount = .zero
     var measureFrom: NIODeadline
     var stopAt: NIODeadline
 }
@@ -61,6 +68,25 @@ struct WorkerStats: Sendable {
         self.firstErrors.merge(other.firstErrors) { first, _ in first }
         self.latency.add(other.latency)
     }
+}
+
+/// SIGINT or SIGTERM: every worker stops before its next request, and the run reports what it measured.
+enum StopRequest {
+    static let requested = Atomic<Bool>(false)
+
+    /// Traps SIGINT and SIGTERM for the rest of the process.
+    static func trap() {
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { Self.requested.store(true, ordering: .relaxed) }
+            source.resume()
+            Self.sources.append(source)
+        }
+    }
+
+    /// Kept for the life of the process. Written by `trap`, once, before any worker starts; never read.
+    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
 }
 
 /// Live totals for the progress line: written by one event loop, read once a second by the reporter.
@@ -107,7 +133,7 @@ final class Worker {
 
     /// Whether another request may start.
     func mayContinue() -> Bool {
-        if NIODeadline.now() >= self.plan.stopAt { return false }
+        if NIODeadline.now() >= self.plan.stopAt || StopRequest.requested.load(ordering: .relaxed) { return false }
         if let remaining = self.shared.remaining {
             if remaining <= 0 { return false }
             self.shared.remaining = remaining - 1
@@ -170,7 +196,13 @@ final class Worker {
     /// Called by the handler when a connection ends; per-request mode opens the next one.
     func connectionEnded(session: TLSSession?) {
         if let session { self.session = session }
-        self.start()
+        self.afterPause { $0.start() }
+    }
+
+    /// Runs `next` once the plan's pause has passed (at once without one).
+    func afterPause(_ next: @escaping (Worker) -> Void) {
+        guard self.plan.pause > .zero else { return next(self) }
+        self.loop.assumeIsolated().scheduleTask(in: self.plan.pause) { next(self) }
     }
 
     /// A reply came: the message in flight is done.
@@ -286,7 +318,11 @@ final class BenchHandler: ChannelInboundHandler {
         switch worker.plan.mode {
         case .persistent:
             if worker.mayContinue() {
-                self.send(context: context)
+                if worker.plan.pause > .zero {
+                    worker.afterPause { _ in if context.channel.isActive { self.send(context: context) } }
+                } else {
+                    self.send(context: context)
+                }
             } else {
                 self.ended = true
                 context.close(promise: nil)

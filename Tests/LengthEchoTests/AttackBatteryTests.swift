@@ -5,15 +5,15 @@ import LengthEchoTLS
 import LengthEchoTestSupport
 import Testing
 
-/// The attack battery, against the `server` executable: every slot filled by one kind of cheap peer at a time.
+/// The attack battery, against the `server` executable: every slot of a server filled by one kind of cheap peer.
 /// For each kind, every slot is freed within a stated bound, a normal client is then served at once, the
-/// server's file descriptors return to where they started, and its memory settles near where it started.
+/// server's file descriptors return to where they started, and its memory settles near where it started. Each
+/// kind has a server of its own, so the kinds run side by side (most of their time is waiting for deadlines).
 ///
 /// Not under a sanitizer (scripts/sanitize.sh sets LENGTH_ECHO_SANITIZER): floods through instrumented servers
 /// starve every other test of the 2 cores; the plain `swift test` of .ci/run runs it.
 @Suite(
     "Attack battery: cheap peers in every slot",
-    .serialized,
     .timeLimit(.minutes(3)),
     .enabled(if: ProcessInfo.processInfo.environment["LENGTH_ECHO_SANITIZER"] == nil)
 )
@@ -124,8 +124,9 @@ struct AttackBatteryTests {
 
     @Test(
         "each kind of cheap peer in every slot loses them within the bound; then a normal client is served",
-        arguments: [false, true])
-    func battery(tls: Bool) async throws {
+        arguments: Kind.allCases)
+    func battery(kind: Kind) async throws {
+        let tls = kind.needsTLS
         let certificates = try await TestCertificates.main.value
         let (server, port) = try await Self.startExecutable(tls: tls)
         defer { server.terminate(signal: SIGKILL) }  // a test that throws must not leave the server running
@@ -141,41 +142,38 @@ struct AttackBatteryTests {
         let descriptors = Self.openDescriptors(server.pid)
         let memory = residentKiB(server.pid)
 
-        for kind in Kind.allCases where kind.needsTLS == tls || !kind.needsTLS && !tls {
-            let started = Date()
-            let freed = try await withThrowingTaskGroup(of: Bool.self) { group in
-                for _ in 0..<Self.slots {
-                    group.addTask { try await blocking { try Self.cheapPeer(kind, port: port) } }
-                }
-                var all = true
-                for try await closed in group { all = all && closed }
-                return all
+        let started = Date()
+        let freed = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for _ in 0..<Self.slots {
+                group.addTask { try await blocking { try Self.cheapPeer(kind, port: port) } }
             }
-            #expect(freed, "\(kind.rawValue): a peer still held its slot after \(Self.bound) s")
-            // Every slot is free again: a normal client is served. (A peer that reset has not waited for the
-            // server to notice: its slot may take one more turn of the server's loop, so a `server busy`
-            // answer is retried, each retry a full exchange with the server, within the bound.)
-            var reply: String?
-            for _ in 0..<200 where reply == nil && Date().timeIntervalSince(started) < Self.bound + 2 {
-                let client = LengthEchoClient(configuration: configuration)
-                do {
-                    reply = try await client.send(bytes("normal")).text
-                } catch LengthEchoError.serverError(let reason) where reason.hasPrefix("server busy") {
-                    reply = nil
-                } catch let error as TLSError where error.cause == .peerNotTLS && error.message.contains("server busy")
-                {
-                    reply = nil  // the refusal comes before any TLS, as a plaintext line
-                }
-                await client.close()
-            }
-            #expect(reply == "6 : normal", "\(kind.rawValue)")
-            #expect(Date().timeIntervalSince(started) < Self.bound + 2, "\(kind.rawValue)")
-            // Every cheap peer's descriptor is gone (the normal client's own may still be closing: one allowed),
-            // within the bound. A slot is all the normal client needed: a peer that reset may still be one turn of
-            // the server's loop from being noticed, as above.
-            let left = await Self.descriptors(of: server.pid, fallTo: descriptors + 1, before: started + Self.bound + 2)
-            #expect(left <= descriptors + 1, "\(kind.rawValue): descriptors left open")
+            var all = true
+            for try await closed in group { all = all && closed }
+            return all
         }
+        #expect(freed, "\(kind.rawValue): a peer still held its slot after \(Self.bound) s")
+        // Every slot is free again: a normal client is served. (A peer that reset has not waited for the
+        // server to notice: its slot may take one more turn of the server's loop, so a `server busy`
+        // answer is retried, each retry a full exchange with the server, within the bound.)
+        var reply: String?
+        for _ in 0..<200 where reply == nil && Date().timeIntervalSince(started) < Self.bound + 2 {
+            let client = LengthEchoClient(configuration: configuration)
+            do {
+                reply = try await client.send(bytes("normal")).text
+            } catch LengthEchoError.serverError(let reason) where reason.hasPrefix("server busy") {
+                reply = nil
+            } catch let error as TLSError where error.cause == .peerNotTLS && error.message.contains("server busy") {
+                reply = nil  // the refusal comes before any TLS, as a plaintext line
+            }
+            await client.close()
+        }
+        #expect(reply == "6 : normal", "\(kind.rawValue)")
+        #expect(Date().timeIntervalSince(started) < Self.bound + 2, "\(kind.rawValue)")
+        // Every cheap peer's descriptor is gone (the normal client's own may still be closing: one allowed),
+        // within the bound. A slot is all the normal client needed: a peer that reset may still be one turn of
+        // the server's loop from being noticed, as above.
+        let left = await Self.descriptors(of: server.pid, fallTo: descriptors + 1, before: started + Self.bound + 2)
+        #expect(left <= descriptors + 1, "\(kind.rawValue): descriptors left open")
         // Memory settles near where it started (the 16 MB peers never got past the 64 KiB limit).
         let after = residentKiB(server.pid)
         #expect(after - memory < 32 * 1024, "resident memory grew from \(memory) KiB to \(after) KiB")

@@ -33,11 +33,12 @@ func errors(_ result: [String: Any]) -> Int {
 }
 
 /// The scale-out deployment, for real: HAProxy (and nginx) in front of length-echo servers that each live in
-/// a network namespace of their own, clients from two addresses. Serialized: each test makes its own
-/// namespaces and balancer and removes them when it ends.
+/// a network namespace of their own, clients from two addresses. Each test makes its own namespaces, bridge
+/// (a subnet of its own), balancer and ports, and removes them when it ends, so the tests run side by side; their
+/// loads are paced (`bench --pause`), so they do not starve one another or the rest of the suite.
 @Suite(
     "Behind HAProxy and nginx: three backends in their own network namespaces",
-    .serialized, .timeLimit(.minutes(2)),
+    .timeLimit(.minutes(2)),
     .enabled(if: HAProxy.path != nil || ProcessInfo.processInfo.environment["CI"] != nil, "haproxy is not installed"),
     // Heavy (a dozen processes under load): under a sanitizer it would starve the timing of every other test,
     // and the sanitizer learns nothing from HAProxy's side of it.
@@ -169,6 +170,9 @@ struct BalancerTests {
             "--host", frontendHost, "--port", "\(port)", "--source", "127.0.0.1", "--source", "127.0.0.2", "-c", "6",
             "--threads", "1",
             "--reply-timeout", "5",
+            // Paced, about 600 requests a second in all: enough to be under load through every kill and restart,
+            // not so much that the rest of the suite starves beside it.
+            "--pause", "10",
         ]
 
         // kill -9 under load: HAProxy's next checks fail (2 of them, 200 ms apart), it marks the backend down.
@@ -193,8 +197,9 @@ struct BalancerTests {
 
         // Rolling restart under load: each backend in turn is drained in HAProxy, stopped with SIGTERM (its own
         // drain), started again, and made ready.
+        // The load runs until the last backend is back (bench stops at SIGINT and reports what it measured).
         let rolling = try Executable(
-            "bench", load + ["--mode", "persistent", "--duration", "12", "--json", "--warmup", "0"])
+            "bench", load + ["--mode", "persistent", "--duration", "60", "--json", "--warmup", "0"])
         for backend in backends {
             #expect(
                 try haproxy.admin("set server be/b\(backend.index) state drain").trimmingCharacters(
@@ -208,6 +213,7 @@ struct BalancerTests {
             #expect(await haproxy.waitForLog("Server be/b\(backend.index) is UP", count: downs + 1))
             _ = try haproxy.admin("set server be/b\(backend.index) state ready")
         }
+        rolling.terminate(signal: SIGINT)
         #expect(await rolling.exitStatus() == 0, "\(rolling.stderr)")
         let restarts = try #require(try JSONSerialization.jsonObject(with: Data(rolling.stdout.utf8)) as? [String: Any])
         print("BalancerTests: rolling restart of 3 backends under persistent load: \(restarts)")
