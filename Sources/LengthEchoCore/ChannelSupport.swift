@@ -6,9 +6,15 @@ package extension TimeAmount {
     /// The amount in seconds.
     var seconds: Double { Double(self.nanoseconds) / 1e9 }
 
-    /// A duration given in (fractional) seconds, as the command lines take them.
+    /// A duration given in (fractional) seconds, as the command lines take them. Saturating: a value too large
+    /// (or infinite) is the longest amount, too small the shortest, and NaN a negative one, so a configuration's
+    /// checks refuse it instead of the conversion trapping.
     static func fromSeconds(_ seconds: Double) -> TimeAmount {
-        .nanoseconds(Int64(seconds * 1e9))
+        guard !seconds.isNaN else { return .nanoseconds(-1) }
+        let nanoseconds = seconds * 1e9
+        if nanoseconds >= 9.2e18 { return .nanoseconds(.max) }
+        if nanoseconds <= -9.2e18 { return .nanoseconds(.min) }
+        return .nanoseconds(Int64(nanoseconds))
     }
 }
 

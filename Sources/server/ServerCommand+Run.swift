@@ -88,13 +88,13 @@ extension ServerCommand {
                     "warning: --tls-keylog: every connection's session keys go to \(path); anyone who reads it can decrypt the traffic (debugging only)"
                 )
             }
-            do {
-                configuration.tls = try self.makeTLSContext()
-            } catch {
-                console.say(.error, "\(error)")
-                if self.cert == nil { console.say(.error, "(make test certificates with scripts/gen-certs.sh)") }
-                throw ExitCode.failure
-            }
+            configuration.tls = self.tlsSettings()
+        }
+        // Every rule about the configuration is the library's: each problem, in the flags' names.
+        let problems = configuration.problems()
+        guard problems.isEmpty else {
+            for problem in problems { console.say(.error, problem.description(naming: Self.flag(for:))) }
+            throw ExitCode.failure
         }
         // Metrics: swift-metrics with swift-prometheus behind it, bootstrapped once, only when they are served.
         let registry = PrometheusCollectorRegistry()
@@ -118,6 +118,9 @@ extension ServerCommand {
             server = try await LengthEchoServer.start(configuration: configuration)
         } catch {
             console.say(.error, "\(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
+            if error is TLSError && self.cert == nil {
+                console.say(.error, "(make test certificates with scripts/gen-certs.sh)")
+            }
             throw ExitCode.failure
         }
         var statusServer: StatusServer?
@@ -163,10 +166,10 @@ extension ServerCommand {
         // whose graceful shutdown (SIGTERM or SIGINT) drains the server last.
         let serving = "serving on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))"
         var services: [any Service] = [DrainingServer(server: server)]
-        if let context = configuration.tls {
+        if server.currentTLSContext != nil {
             services.append(
                 Repeating(every: .seconds(24 * 3600), now: true) {  // at start, then daily
-                    Self.warnIfExpiring(server.currentTLSContext ?? context, console: console)
+                    if let context = server.currentTLSContext { Self.warnIfExpiring(context, console: console) }
                 })
         }
         if let interval = systemd.watchdogInterval {

@@ -50,22 +50,23 @@ extension ServerCommand {
         return read > 0 && groups.prefix(Int(read)).contains(gid)
     }
 
-    func makeTLSContext() throws -> TLSContext {
-        try TLSContext.server(
-            certificateChain: self.cert ?? "certs/server.pem",
-            privateKey: self.key ?? "certs/server.key",
-            clientCA: self.clientCA,
-            clientAuthentication: self.clientAuth,
-            minimumVersion: self.tlsMin,
-            requireALPN: self.alpnRequired,
-            keyLog: self.tlsKeylog != nil,
-            allowedClients: IdentityPolicy(
-                commonNames: self.allowCN, dnsNames: self.allowDNS, uris: self.allowURI,
-                publicKeySHA256: self.allowSPKI.compactMap(IdentityPolicy.digest(hex:))),
-            revocation: self.clientCRL.map {
-                RevocationPolicy(crlFile: $0, checkWholeChain: self.crlCheckAll, allowStale: self.crlAllowStale)
-            }
-        )
+    /// The TLS flags, mapped into the library's settings (which `ServerConfiguration.validate()` checks).
+    func tlsSettings() -> TLSServerSettings {
+        var settings = TLSServerSettings()
+        if let cert = self.cert { settings.certificateChain = cert }
+        if let key = self.key { settings.privateKey = key }
+        settings.clientCA = self.clientCA
+        settings.clientAuthentication = self.clientAuth
+        settings.minimumVersion = self.tlsMin
+        settings.requireALPN = self.alpnRequired
+        settings.keyLog = self.tlsKeylog != nil
+        settings.allowedClients = IdentityPolicy(
+            commonNames: self.allowCN, dnsNames: self.allowDNS, uris: self.allowURI,
+            publicKeySHA256: self.allowSPKI.compactMap(IdentityPolicy.digest(hex:)))
+        settings.revocation = self.clientCRL.map {
+            RevocationPolicy(crlFile: $0, checkWholeChain: self.crlCheckAll, allowStale: self.crlAllowStale)
+        }
+        return settings
     }
 
     /// SIGHUP: read the certificate, key, client CA and client CRL again (a renewal), for new connections. If they are
@@ -76,8 +77,7 @@ extension ServerCommand {
             return
         }
         do {
-            let context = try self.makeTLSContext()
-            server.replaceTLSContext(context)
+            let context = try server.reloadTLS(self.tlsSettings())
             Counter(label: "length_echo_reloads_total", dimensions: [("result", "success")]).increment()
             console.say(.notice, "\(why): reloaded the certificate and key for new connections")
             Self.warnIfExpiring(context, console: console)

@@ -24,7 +24,7 @@ struct DrainTests {
     /// refuses connections; the server drains once `before` messages have been answered.
     private func load(tls: Bool, persistent: Bool) async throws -> Outcomes {
         let certificates = try await TestCertificates.main.value
-        let serverContext = try certificates.serverContext()
+        let serverContext = certificates.serverSettings()
         let server = try await startServer { if tls { $0.tls = serverContext } }
         var settings = ClientConfiguration(port: server.port)
         if tls {

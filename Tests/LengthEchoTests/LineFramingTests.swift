@@ -58,7 +58,7 @@ struct LineFramingTests {
     @Test("the client library in line mode, plaintext and TLS, and what it refuses to send")
     func clientLibrary() async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
+        let context = certificates.serverSettings()
         for tls in [false, true] {
             let server = try await startServer {
                 $0.framing = .line
@@ -101,7 +101,7 @@ struct LineFramingTests {
     @Test("a person at `openssl s_client -quiet` types lines and reads replies over TLS")
     func sClientTyping() async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
+        let context = certificates.serverSettings()
         let server = try await startServer {
             $0.framing = .line
             $0.tls = context

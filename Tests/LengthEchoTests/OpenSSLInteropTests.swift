@@ -52,7 +52,7 @@ struct OpenSSLInteropTests {
     @Test("openssl s_client -tls1_1 is refused with a protocol version alert")
     func tls11Refused() async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
+        let context = certificates.serverSettings()
         let server = try await startServer { $0.tls = context }
         // SECLEVEL=0 lets s_client itself offer TLS 1.1, so the refusal is our server's.
         let result = try await LengthEchoTests.sClient(

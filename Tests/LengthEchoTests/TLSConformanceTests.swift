@@ -70,7 +70,7 @@ struct TLSConformanceTests {
     @Test("a first record that is TLS but not a ClientHello gets a TLS alert; printable text gets the plaintext hint")
     func firstRecords() async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try certificates.serverContext()
+        let context = certificates.serverSettings()
         let server = try await startServer { $0.tls = context }
         let changeCipherSpec: [UInt8] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01]
         let applicationData: [UInt8] = [0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]
@@ -118,10 +118,8 @@ struct TLSConformanceTests {
     @Test("--client-auth optional with an allow list: a client that sends no certificate is refused")
     func optionalWithAllowList() async throws {
         let certificates = try await TestCertificates.main.value
-        let context = try TLSContext.server(
-            certificateChain: certificates.serverCertificate, privateKey: certificates.serverKey,
-            clientCA: certificates.ca, clientAuthentication: .optional,
-            allowedClients: IdentityPolicy(commonNames: ["length-echo client"]))
+        var context = certificates.serverSettings(clientAuthentication: .optional)
+        context.allowedClients = IdentityPolicy(commonNames: ["length-echo client"])
         let server = try await startServer { $0.tls = context }
         for version in [TLSVersion.tls13, .tls12] {
             var configuration = ClientConfiguration(port: server.port)
@@ -159,10 +157,8 @@ struct ClientLeafTests {
                     + "&& openssl x509 -req -in sub.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile sub.ext -out sub.pem 2>&1",
             ])
         #expect(made.status == 0, "\(made.output)")
-        let context = try TLSContext.server(
-            certificateChain: certificates.serverCertificate, privateKey: certificates.serverKey,
-            clientCA: certificates.ca, clientAuthentication: .required,
-            allowedClients: IdentityPolicy(commonNames: ["length-echo client", "length-echo test CA"]))
+        var context = certificates.serverSettings(clientAuthentication: .required)
+        context.allowedClients = IdentityPolicy(commonNames: ["length-echo client", "length-echo test CA"])
         let server = try await startServer { $0.tls = context }
         for (name, certificate, key, allowed) in [
             ("the client's own", certificates.clientCertificate, certificates.clientKey, true),

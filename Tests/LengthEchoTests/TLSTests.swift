@@ -14,7 +14,7 @@ struct TLSTests {
         minimumVersion: TLSVersion = .tls12,
         configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> LengthEchoServer {
-        let context = try certificates.serverContext(
+        let context = certificates.serverSettings(
             clientAuthentication: clientAuthentication, minimumVersion: minimumVersion)
         return try await startServer {
             $0.tls = context

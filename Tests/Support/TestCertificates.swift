@@ -42,6 +42,20 @@ package struct TestCertificates: Sendable {
         return TestCertificates(directory: directory)
     }
 
+    /// The test server's TLS settings (what a `ServerConfiguration` takes), its context built by the server.
+    package func serverSettings(
+        clientAuthentication: ClientAuthentication = .none,
+        minimumVersion: TLSVersion = .tls12
+    ) -> TLSServerSettings {
+        var settings = TLSServerSettings()
+        settings.certificateChain = self.serverCertificate
+        settings.privateKey = self.serverKey
+        settings.clientCA = clientAuthentication == .none ? nil : self.ca
+        settings.clientAuthentication = clientAuthentication
+        settings.minimumVersion = minimumVersion
+        return settings
+    }
+
     package func serverContext(
         clientAuthentication: ClientAuthentication = .none,
         minimumVersion: TLSVersion = .tls12

@@ -37,9 +37,18 @@ public final class LengthEchoServer: Sendable {
     /// The port the server listens on (the one the system chose, when configured with port 0).
     public var port: Int { self.localAddresses.first?.port ?? self.configuration.port }
 
-    /// Serves new TLS connections with `context` from now on (a renewed certificate, say); connections
-    /// already open keep the context they started with. Only for a server started with TLS.
-    public func replaceTLSContext(_ context: TLSContext) {
+    /// Builds a context from `settings` (a renewed certificate, say) and serves new TLS connections with it;
+    /// connections already open keep the context they started with. If it cannot be built, nothing changes and
+    /// the error says why. Only for a server started with TLS.
+    @discardableResult
+    public func reloadTLS(_ settings: TLSServerSettings) throws(TLSError) -> TLSContext {
+        let context = try TLSContext.server(settings)
+        self.replaceTLSContext(context)
+        return context
+    }
+
+    /// Serves new TLS connections with `context` from now on.
+    package func replaceTLSContext(_ context: TLSContext) {
         self.tls.replace(context)
         self.metrics.certificate(notAfter: context.certificateNotAfter)
     }
@@ -131,6 +140,9 @@ public final class LengthEchoServer: Sendable {
         configuration: ServerConfiguration,
         group: (any EventLoopGroup)? = nil
     ) async throws -> LengthEchoServer {
+        // Everything that can be checked before a socket is bound or a thread started.
+        try configuration.validate()
+        let context = try configuration.tls.map { settings throws(TLSError) in try TLSContext.server(settings) }
         let ownsGroup = group == nil
         var loopCPUs: [Int]?
         if configuration.cpuAffinity {
@@ -155,12 +167,12 @@ public final class LengthEchoServer: Sendable {
         let limits = AddressLimits(
             maximumOpen: configuration.maximumConnectionsPerAddress,
             handshakesPerSecond: configuration.handshakesPerSecondPerAddress)
-        let tls = TLSContextHolder(configuration.tls)
+        let tls = TLSContextHolder(context)
         let admission = Admission(
             policy: configuration.addressPolicy, limits: limits, tracker: tracker, tls: configuration.tls != nil)
         let loops = Array(group.makeIterator())
         let metrics = ServerMetrics(loops: loops.count, tls: configuration.tls != nil)
-        metrics.certificate(notAfter: configuration.tls?.certificateNotAfter)
+        metrics.certificate(notAfter: context?.certificateNotAfter)
 
         // One listening socket per event loop (SO_REUSEPORT): the kernel spreads connections over them, and
         // each connection lives on the loop that accepted it, with no hand-off between threads.

@@ -48,8 +48,9 @@ public struct ServerConfiguration: Sendable {
     /// connections a verdict needs (`LoopBalance`).
     var loopBalanceInterval: TimeAmount = .seconds(30)
     var loopBalanceMinimum = 1000
-    /// TLS on every connection when set; plaintext otherwise. Built once, shared by all connections.
-    public var tls: TLSContext?
+    /// TLS on every connection when set; plaintext otherwise. Its context is built once at start (and again at
+    /// each `LengthEchoServer.reloadTLS(_:)`), shared by all connections.
+    public var tls: TLSServerSettings?
     /// A TLS peer that has not finished its handshake after this long is dropped.
     public var handshakeTimeout: TimeAmount = .seconds(10)
     /// Behind a balancer: every connection must come from one of its addresses and begin with a PROXY

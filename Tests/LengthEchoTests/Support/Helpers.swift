@@ -76,7 +76,7 @@ func startServerForSClient(
 ) async throws
     -> LengthEchoServer
 {
-    let context = try certificates.serverContext()
+    let context = certificates.serverSettings()
     return try await startServer {
         $0.tls = context
         $0.idleTimeout = idleTimeout
