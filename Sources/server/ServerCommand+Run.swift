@@ -19,6 +19,17 @@ import Musl
 
 extension ServerCommand {
     func run() async throws {
+        // The environment and the file beneath the flags, then what the keys must be, before anything starts.
+        let (command, sources) = try await self.merged()
+        try command.checkKeys()
+        if command.checkConfig {
+            try await command.checkConfiguration(sources)
+        } else {
+            try await command.serve(sources)
+        }
+    }
+
+    func serve(_ sources: ConfigurationSources) async throws {
         // Trapped first: a signal that arrives while the server starts is handled once it is up, never fatal.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
         let (level, format) = (self.logLevel, self.logFormat)
@@ -34,9 +45,14 @@ extension ServerCommand {
         {
             console.say(.warning, warning)
         }
-        var configuration = ServerConfiguration()
-        if !self.host.isEmpty { configuration.hosts = self.host }
-        configuration.port = self.port
+        var configuration = self.libraryConfiguration()
+        // Every rule about the configuration is the library's: each problem, named as the user wrote it.
+        let problems = configuration.problems()
+        guard problems.isEmpty else {
+            for problem in problems { console.say(.error, problem.description { sources.name(of: $0) }) }
+            throw ExitCode.failure
+        }
+        for name in sources.unknownEnvironment { console.say(.warning, "warning: \(name) names no setting; ignored") }
         // Run by systemd: its notify socket, and the listening sockets it may pass (then nothing else is bound).
         let systemd = SystemdNotifier()
         do {
@@ -45,17 +61,6 @@ extension ServerCommand {
             console.say(.error, "\(error)")
             throw ExitCode.failure
         }
-        configuration.framing = self.framing
-        configuration.maximumMessageLength = self.maxMessage
-        configuration.idleTimeout = .fromSeconds(self.idleTimeout)
-        configuration.messageTimeout = .fromSeconds(self.messageTimeout)
-        configuration.maximumConnections = self.maxConnections
-        configuration.drainTimeout = .fromSeconds(self.drainTimeout)
-        configuration.threads = self.threads
-        configuration.cpuAffinity = self.cpuAffinity
-        configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
-        configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
-        configuration.handshakesPerSecondPerAddress = self.handshakeRate
         for (flag, ranges) in [
             ("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom), ("--proxy-from", self.proxyFrom),
         ] {
@@ -63,16 +68,6 @@ extension ServerCommand {
                 guard let range = AddressRange(text), range.hostBitsSet else { continue }
                 console.say(.warning, "\(flag) \(text) has host bits set: it is taken as \(range)")
             }
-        }
-        if !self.allowFrom.isEmpty || !self.denyFrom.isEmpty {
-            configuration.addressPolicy = AddressPolicy(
-                allow: self.allowFrom.compactMap(AddressRange.init), deny: self.denyFrom.compactMap(AddressRange.init))
-        }
-        if self.proxyProtocol {
-            configuration.proxyProtocol = ProxyProtocolConfiguration(
-                trustedSources: self.proxyFrom.compactMap(AddressRange.init),
-                headerTimeout: .fromSeconds(self.proxyTimeout)
-            )
         }
         if self.tls {
             self.checkKeyPermissions(console: console)
@@ -88,13 +83,6 @@ extension ServerCommand {
                     "warning: --tls-keylog: every connection's session keys go to \(path); anyone who reads it can decrypt the traffic (debugging only)"
                 )
             }
-            configuration.tls = self.tlsSettings()
-        }
-        // Every rule about the configuration is the library's: each problem, in the flags' names.
-        let problems = configuration.problems()
-        guard problems.isEmpty else {
-            for problem in problems { console.say(.error, problem.description(naming: Self.flag(for:))) }
-            throw ExitCode.failure
         }
         // Metrics: swift-metrics with swift-prometheus behind it, bootstrapped once, only when they are served.
         let registry = PrometheusCollectorRegistry()
@@ -263,5 +251,38 @@ extension ServerCommand {
         case .noSuchAddress, .hostNotFound: return "check --host"
         case .permissionDenied, .familyNotSupported, .other: return nil
         }
+    }
+}
+
+extension ServerCommand {
+    /// The command's keys, mapped into the library's configuration: nothing checked here (the library's
+    /// `problems()` is), nothing opened or started.
+    func libraryConfiguration() -> ServerConfiguration {
+        var configuration = ServerConfiguration()
+        if !self.host.isEmpty { configuration.hosts = self.host }
+        configuration.port = self.port
+        configuration.framing = self.framing
+        configuration.maximumMessageLength = self.maxMessage
+        configuration.idleTimeout = .fromSeconds(self.idleTimeout)
+        configuration.messageTimeout = .fromSeconds(self.messageTimeout)
+        configuration.maximumConnections = self.maxConnections
+        configuration.drainTimeout = .fromSeconds(self.drainTimeout)
+        configuration.threads = self.threads
+        configuration.cpuAffinity = self.cpuAffinity
+        configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
+        configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
+        configuration.handshakesPerSecondPerAddress = self.handshakeRate
+        if !self.allowFrom.isEmpty || !self.denyFrom.isEmpty {
+            configuration.addressPolicy = AddressPolicy(
+                allow: self.allowFrom.compactMap(AddressRange.init), deny: self.denyFrom.compactMap(AddressRange.init))
+        }
+        if self.proxyProtocol {
+            configuration.proxyProtocol = ProxyProtocolConfiguration(
+                trustedSources: self.proxyFrom.compactMap(AddressRange.init),
+                headerTimeout: .fromSeconds(self.proxyTimeout)
+            )
+        }
+        if self.tls { configuration.tls = self.tlsSettings() }
+        return configuration
     }
 }

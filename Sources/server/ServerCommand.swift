@@ -26,8 +26,24 @@ struct ServerCommand: AsyncParsableCommand {
             Prints `receive: <message>` for each message, as the original C server does (control bytes \
             escaped). SIGINT or SIGTERM drains: no new connections, messages already received are answered, \
             then it exits 0. With --tls, SIGHUP reloads the certificate, key and client CA for new connections.
+
+            Every flag is also a key of the --config file (YAML; the keys are the long flag names, a repeatable \
+            flag takes a list, a switch true or false) and an environment variable (LENGTH_ECHO_ and the name in \
+            capitals, dashes as underscores: LENGTH_ECHO_MAX_CONNECTIONS; lists comma-separated). Flags win over \
+            the environment, which wins over the file.
             """
     )
+
+    @Option(
+        name: .long,
+        help: "A YAML file of settings, keyed by the long flag names (flags and LENGTH_ECHO_* variables win over it).")
+    var config: String?
+
+    @Flag(
+        name: .customLong("check-config"),
+        help: "Check the configuration (flags, environment, --config) as a start would, print it, and exit: 0 if valid."
+    )
+    var checkConfig = false
 
     @Option(name: .long, help: "An address to listen on; repeat for several. (default: 0.0.0.0 and ::)")
     var host: [String] = []
@@ -227,34 +243,34 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var logFormat: LogFormat = .text
 
-    /// What each of the library's settings is called on this command line, for its problems.
-    static func flag(for setting: ServerConfiguration.Setting) -> String {
+    /// The keys (long flag names) that set each of the library's settings, for its problems.
+    static func keys(for setting: ServerConfiguration.Setting) -> [String] {
         switch setting {
-        case .port: "--port"
-        case .maximumMessageLength: "--max-message"
-        case .idleTimeout: "--idle-timeout"
-        case .messageTimeout: "--message-timeout"
-        case .drainTimeout: "--drain-timeout"
-        case .handshakeTimeout: "--handshake-timeout"
-        case .maximumConnections: "--max-connections"
-        case .maximumConnectionsPerAddress: "--max-connections-per-ip"
-        case .handshakesPerSecondPerAddress: "--handshake-rate"
-        case .threads: "--threads"
-        case .proxyProtocol: "--proxy-protocol"
-        case .proxyTrustedSources: "--proxy-from"
-        case .proxyHeaderTimeout: "--proxy-timeout"
-        case .tls: "--tls"
-        case .clientCA: "--client-ca"
-        case .clientAuthentication: "--client-auth"
-        case .allowedClients: "--allow-cn, --allow-dns, --allow-uri and --allow-spki-sha256"
-        case .revocation: "--client-crl"
+        case .port: ["port"]
+        case .maximumMessageLength: ["max-message"]
+        case .idleTimeout: ["idle-timeout"]
+        case .messageTimeout: ["message-timeout"]
+        case .drainTimeout: ["drain-timeout"]
+        case .handshakeTimeout: ["handshake-timeout"]
+        case .maximumConnections: ["max-connections"]
+        case .maximumConnectionsPerAddress: ["max-connections-per-ip"]
+        case .handshakesPerSecondPerAddress: ["handshake-rate"]
+        case .threads: ["threads"]
+        case .proxyProtocol: ["proxy-protocol"]
+        case .proxyTrustedSources: ["proxy-from"]
+        case .proxyHeaderTimeout: ["proxy-timeout"]
+        case .tls: ["tls"]
+        case .clientCA: ["client-ca"]
+        case .clientAuthentication: ["client-auth"]
+        case .allowedClients: ["allow-cn", "allow-dns", "allow-uri", "allow-spki-sha256"]
+        case .revocation: ["client-crl"]
         }
     }
 
-    /// What the command line itself must be: values that parse, and flags that mean something only beside
-    /// another (the library's configuration has no place for them otherwise). Every rule about the configuration
-    /// is `ServerConfiguration.validate()`'s, checked in `run()`.
-    func validate() throws {
+    /// What the merged command line, environment and file must be: values that parse, and keys that mean
+    /// something only beside another (the library's configuration has no place for them otherwise). Every rule
+    /// about the configuration itself is `ServerConfiguration.validate()`'s.
+    func checkKeys() throws {
         if let interval = self.reloadInterval, !(interval.isFinite && interval > 0 && interval <= 7 * 24 * 3600) {
             throw ValidationError("--reload-interval must be more than 0 to 604800 seconds (a week)")
         }

@@ -1,0 +1,153 @@
+import ArgumentParser
+import Configuration
+import Foundation
+import LengthEcho
+
+/// The server's settings as keys: each long flag is a key of the configuration file and an environment variable
+/// too. One table, so the flags, the file, the environment and `--check-config` cannot disagree.
+extension ServerCommand {
+    /// One key: how a value from the environment or the file is set on the command, and how it is shown.
+    struct Key {
+        let name: String
+        let read: (inout ServerCommand, ConfigReader) throws -> Void
+        let show: (ServerCommand) -> String
+
+        /// A single value (`port: 5`).
+        static func value<T: ExpressibleByArgument>(_ name: String, _ path: WritableKeyPath<ServerCommand, T>) -> Key {
+            Key(
+                name: name,
+                read: { command, reader in
+                    command[keyPath: path] = try Self.parse(name, try reader.requiredString(forKey: .init(name)))
+                },
+                show: { $0[keyPath: path].defaultValueDescription })
+        }
+
+        /// A value that may be absent (`cert: server.pem`).
+        static func optional<T: ExpressibleByArgument>(
+            _ name: String, _ path: WritableKeyPath<ServerCommand, T?>, absent: String = "(none)"
+        ) -> Key {
+            Key(
+                name: name,
+                read: { command, reader in
+                    command[keyPath: path] = try Self.parse(name, try reader.requiredString(forKey: .init(name)))
+                },
+                show: { $0[keyPath: path].map(\.defaultValueDescription) ?? absent })
+        }
+
+        /// A repeatable flag: a list, or one value as a list of one; comma-separated in the environment.
+        static func list(
+            _ name: String, _ path: WritableKeyPath<ServerCommand, [String]>, absent: String = "(none)"
+        ) -> Key {
+            Key(
+                name: name,
+                read: { command, reader in
+                    let key = ConfigKey(name)
+                    if let values = reader.stringArray(forKey: key) {
+                        command[keyPath: path] = values
+                    } else {
+                        command[keyPath: path] = [try reader.requiredString(forKey: key)]
+                    }
+                },
+                show: { $0[keyPath: path].isEmpty ? absent : $0[keyPath: path].joined(separator: ", ") })
+        }
+
+        /// A switch: `true` or `false`.
+        static func flag(_ name: String, _ path: WritableKeyPath<ServerCommand, Bool>) -> Key {
+            Key(
+                name: name,
+                read: { command, reader in command[keyPath: path] = try reader.requiredBool(forKey: .init(name)) },
+                show: { $0[keyPath: path] ? "true" : "false" })
+        }
+
+        private static func parse<T: ExpressibleByArgument>(_ name: String, _ text: String) throws -> T {
+            guard let value = T(argument: text) else {
+                throw ValidationError("\(name): \"\(text)\" is not a valid value")
+            }
+            return value
+        }
+    }
+
+    /// Every key, in the order `--help` lists the flags. (Computed: a table of closures is no shared state.)
+    static var keys: [Key] {
+        [
+            .list("host", \.host, absent: "0.0.0.0, ::"), .value("port", \.port), .value("framing", \.framing),
+            .value("max-message", \.maxMessage),
+            .value("idle-timeout", \.idleTimeout), .value("message-timeout", \.messageTimeout),
+            .value("max-connections", \.maxConnections), .optional("max-connections-per-ip", \.maxConnectionsPerIP),
+            .list("allow-from", \.allowFrom), .list("deny-from", \.denyFrom), .value("drain-timeout", \.drainTimeout),
+            .value("threads", \.threads), .flag("cpu-affinity", \.cpuAffinity), .flag("tls", \.tls),
+            .optional("cert", \.cert, absent: "certs/server.pem"), .optional("key", \.key, absent: "certs/server.key"),
+            .optional("client-ca", \.clientCA),
+            .value("client-auth", \.clientAuth), .value("tls-min", \.tlsMin), .list("allow-cn", \.allowCN),
+            .list("allow-dns", \.allowDNS), .list("allow-uri", \.allowURI), .list("allow-spki-sha256", \.allowSPKI),
+            .optional("client-crl", \.clientCRL), .flag("crl-check-all", \.crlCheckAll),
+            .flag("crl-allow-stale", \.crlAllowStale), .optional("tls-keylog", \.tlsKeylog),
+            .flag("alpn-required", \.alpnRequired), .optional("handshake-rate", \.handshakeRate),
+            .optional("reload-interval", \.reloadInterval), .value("handshake-timeout", \.handshakeTimeout),
+            .flag("proxy-protocol", \.proxyProtocol), .list("proxy-from", \.proxyFrom),
+            .value("proxy-timeout", \.proxyTimeout), .flag("quiet", \.quiet), .value("log-level", \.logLevel),
+            .optional("status", \.status), .value("log-format", \.logFormat),
+        ]
+    }
+
+    /// This command with the environment and the file (`--config`) applied beneath its flags, and where each
+    /// key came from.
+    func merged(
+        arguments: [String] = CommandLine.arguments, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> (ServerCommand, ConfigurationSources) {
+        let sources = try await ConfigurationSources(
+            arguments: arguments, environment: environment, filePath: self.config, keys: Self.keys.map(\.name))
+        var command = self
+        for key in Self.keys {
+            let (source, reader) = sources.source(of: key.name)
+            guard let reader else { continue }
+            do {
+                try key.read(&command, reader)
+            } catch let error as ValidationError {
+                throw ValidationError(
+                    "\(sources.name(of: key.name)): \(error.message.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "")"
+                )
+            } catch {
+                throw ValidationError("\(sources.name(of: key.name)): not a valid value (\(source.rawValue))")
+            }
+        }
+        return (command, sources)
+    }
+
+    /// The effective configuration, a key a line: its value and where it came from. No key material: the
+    /// keys name files.
+    static func describe(_ command: ServerCommand, _ sources: ConfigurationSources) -> String {
+        let width = Self.keys.map(\.name.count).max() ?? 0
+        return Self.keys.map { key in
+            let padded = key.name.padding(toLength: width, withPad: " ", startingAt: 0)
+            return "\(padded)  \(key.show(command))  (\(sources.source(of: key.name).0.rawValue))"
+        }.joined(separator: "\n")
+    }
+}
+
+extension ServerCommand {
+    /// `--check-config`: everything a start checks, without binding or serving: the keys, the library's rules, the
+    /// TLS files (readable, the key matches the certificate, the CA and CRL parse). Prints the effective
+    /// configuration and exits 0, or each problem on a line of its own and exits 1.
+    func checkConfiguration(_ sources: ConfigurationSources) async throws {
+        var problems: [String] = []
+        for name in sources.unknownEnvironment {
+            FileHandle.standardError.write(Data("server: warning: \(name) names no setting; ignored\n".utf8))
+        }
+        let configuration = self.libraryConfiguration()
+        problems += configuration.problems().map { problem in problem.description { sources.name(of: $0) } }
+        if problems.isEmpty, let tls = configuration.tls {
+            do {
+                _ = try TLSContext.server(tls)
+            } catch {
+                problems.append("\(error)")
+            }
+        }
+        guard problems.isEmpty else {
+            for problem in problems { FileHandle.standardError.write(Data("server: \(problem)\n".utf8)) }
+            throw ExitCode.failure
+        }
+        print("configuration valid\(sources.filePath.map { " (--config \($0))" } ?? ""):")
+        print(Self.describe(self, sources))
+    }
+}

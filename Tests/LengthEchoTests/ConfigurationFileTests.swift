@@ -1,0 +1,114 @@
+import Foundation
+import LengthEcho
+import LengthEchoTestSupport
+import Testing
+
+/// The server's configuration file (`--config`, YAML keyed by the long flag names) and environment
+/// (`LENGTH_ECHO_<KEY>`), beneath its flags; `--check-config`. Over the real executable.
+@Suite("The configuration file and the environment", .timeLimit(.minutes(1)))
+struct ConfigurationFileTests {
+    /// A file of `text` in a directory of its own.
+    static func file(_ text: String) throws -> String {
+        let directory = NSTemporaryDirectory() + "length-echo-config-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/length-echo.yaml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test("a server started from a file alone serves mutual TLS with the file's allow list")
+    func fromFile() async throws {
+        let certificates = try await TestCertificates.main.value
+        let path = try Self.file(
+            """
+            host: 127.0.0.1
+            port: 0
+            quiet: true
+            tls: true
+            cert: \(certificates.serverCertificate)
+            key: \(certificates.serverKey)
+            client-ca: \(certificates.ca)
+            client-auth: required
+            allow-cn: [length-echo client]
+            """)
+        let server = try Executable("server", ["--config", path])
+        defer { server.terminate(signal: SIGKILL) }
+        await server.wait { $0.stderr.contains("listening on") || !$0.isRunning }
+        let line = try #require(server.stderr.split(separator: "\n").first { $0.contains("listening on") })
+        let port = try #require(line.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
+        var configuration = ClientConfiguration(host: "127.0.0.1", port: port)
+        configuration.serverName = "localhost"
+        configuration.tls = try certificates.clientContext(withCertificate: true)
+        let client = LengthEchoClient(configuration: configuration)
+        #expect(try await client.send(Array("from a file".utf8)).text == "11 : from a file")
+        await client.close()
+        // Without a certificate: refused (client-auth required, from the file).
+        configuration.tls = try certificates.clientContext()
+        let anonymous = LengthEchoClient(configuration: configuration)
+        await #expect(throws: (any Error).self) { try await anonymous.send(Array("x".utf8)) }
+        await anonymous.close()
+        // The same file with another name allowed: the client's verified certificate is refused by identity.
+        let other = try Self.file(
+            try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(
+                of: "allow-cn: [length-echo client]", with: "allow-cn: [someone else]"))
+        let strict = try Executable("server", ["--config", other])
+        defer { strict.terminate(signal: SIGKILL) }
+        await strict.wait { $0.stderr.contains("listening on") || !$0.isRunning }
+        let strictLine = try #require(strict.stderr.split(separator: "\n").first { $0.contains("listening on") })
+        configuration.port = try #require(
+            strictLine.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
+        configuration.tls = try certificates.clientContext(withCertificate: true)
+        let refused = LengthEchoClient(configuration: configuration)
+        await #expect(throws: (any Error).self) { try await refused.send(Array("x".utf8)) }
+        await refused.close()
+    }
+
+    @Test("precedence: LENGTH_ECHO_PORT over the file, --port over both; each key says where it came from")
+    func precedence() throws {
+        let path = try Self.file("port: 4100\nmax-connections: 100\ndeny-from: [10.0.0.0/8, 192.0.2.0/24]\n")
+        let file = try Executable("server", ["--config", path, "--check-config"])
+        #expect(file.exitStatusBlocking() == 0, "\(file.stderr)")
+        let lines = file.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+        #expect(lines.contains(["port", "4100", "(file)"]), "\(file.stdout)")
+        #expect(lines.contains(["max-connections", "100", "(file)"]))
+        #expect(lines.contains(["deny-from", "10.0.0.0/8,", "192.0.2.0/24", "(file)"]))
+        #expect(lines.contains(["idle-timeout", "60.0", "(default)"]))
+        let environment = try Executable(
+            "server", ["--config", path, "--check-config"], environment: ["LENGTH_ECHO_PORT": "4200"])
+        #expect(environment.exitStatusBlocking() == 0)
+        #expect(
+            environment.stdout.split(separator: "\n").contains {
+                $0.split(separator: " ") == ["port", "4200", "(environment)"]
+            })
+        let flag = try Executable(
+            "server", ["--config", path, "--check-config", "--port", "4300"], environment: ["LENGTH_ECHO_PORT": "4200"])
+        #expect(flag.exitStatusBlocking() == 0)
+        #expect(flag.stdout.split(separator: "\n").contains { $0.split(separator: " ") == ["port", "4300", "(flag)"] })
+    }
+
+    @Test(
+        "--check-config exits 1 with a line naming the problem: a key for another certificate, an unknown key, a bad CIDR"
+    )
+    func checkConfig() async throws {
+        let certificates = try await TestCertificates.main.value
+        let mismatched = try Self.file(
+            "tls: true\ncert: \(certificates.serverCertificate)\nkey: \(certificates.clientKey)\nport: 4000\n")
+        let wrongKey = try Executable("server", ["--config", mismatched, "--check-config"])
+        #expect(wrongKey.exitStatusBlocking() == 1)
+        #expect(
+            wrongKey.stderr.contains("server: ") && wrongKey.stderr.lowercased().contains("key"), "\(wrongKey.stderr)")
+        #expect(wrongKey.stdout.isEmpty)
+        let unknown = try Executable("server", ["--config", try Self.file("prot: 4000\n"), "--check-config"])
+        #expect(unknown.exitStatusBlocking() != 0)
+        #expect(unknown.stderr.contains("unknown key \"prot\""), "\(unknown.stderr)")
+        let cidr = try Executable("server", ["--config", try Self.file("deny-from: 10.0.0.0/33\n"), "--check-config"])
+        #expect(cidr.exitStatusBlocking() != 0)
+        #expect(cidr.stderr.contains("10.0.0.0/33"), "\(cidr.stderr)")
+        let rule = try Executable(
+            "server", ["--config", try Self.file("tls: true\nclient-auth: required\n"), "--check-config"])
+        #expect(rule.exitStatusBlocking() == 1)
+        #expect(rule.stderr.contains("client-auth (in "), "\(rule.stderr)")
+        // Nothing was bound: port 4000 (the mismatched file's) was never listened on by a check.
+        #expect(!wrongKey.stderr.contains("listening"))
+    }
+}
