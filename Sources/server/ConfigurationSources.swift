@@ -77,7 +77,10 @@ struct ConfigurationSources {
         do {
             node = try Yams.load(yaml: text)
         } catch {
-            throw ValidationError("--config \(filePath): not YAML: \(error)")
+            // One line: Yams's message spans several, with the line it quotes.
+            let said = "\(error)".split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            throw ValidationError(
+                "--config \(filePath): not YAML: \(said.filter { !$0.isEmpty }.joined(separator: " "))")
         }
         guard let mapping = (node ?? [String: Any]()) as? [String: Any] else {
             throw ValidationError("--config \(filePath): expected a mapping of keys (the long flag names) to values")

@@ -25,11 +25,13 @@ extension ServerCommand {
         if command.checkConfig {
             try await command.checkConfiguration(sources)
         } else {
-            try await command.serve(sources)
+            try await command.serve(sources, original: self)
         }
     }
 
-    func serve(_ sources: ConfigurationSources) async throws {
+    /// Serves this (merged) configuration; `original` is the command line as parsed, which a reload merges with
+    /// the environment and the file again.
+    func serve(_ sources: ConfigurationSources, original: ServerCommand) async throws {
         // Trapped first: a signal that arrives while the server starts is handled once it is up, never fatal.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
         let (level, format) = (self.logLevel, self.logFormat)
@@ -175,7 +177,9 @@ extension ServerCommand {
                     if stamp.withLock({ seen in
                         defer { seen = now }; return seen != now
                     }) {
-                        self.reload(server, console: console, why: "the certificate files changed")
+                        _ = await self.reload(
+                            from: original, server, console: console,
+                            why: "the certificate or configuration files changed")
                     }
                 })
         }
@@ -192,8 +196,9 @@ extension ServerCommand {
                 switch signal {
                 case .sighup where !draining:
                     systemd.reloading()
-                    self.reload(server, console: console)
-                    systemd.notify("READY=1\nSTATUS=\(serving)")
+                    let took = await self.reload(from: original, server, console: console, why: "SIGHUP")
+                    systemd.notify(
+                        "READY=1\nSTATUS=\(took ? serving : "reload failed; serving with the last good configuration")")
                 case .sighup:
                     continue
                 default:

@@ -69,33 +69,71 @@ extension ServerCommand {
         return settings
     }
 
-    /// SIGHUP: read the certificate, key, client CA and client CRL again (a renewal), for new connections. If they are
-    /// not usable, say why and keep serving with the ones already loaded.
-    func reload(_ server: LengthEchoServer, console: Console, why: String = "SIGHUP") {
-        guard self.tls else {
-            console.say(.notice, "\(why): nothing to reload without --tls")
-            return
-        }
-        do {
-            let context = try server.reloadTLS(self.tlsSettings())
-            Counter(label: "length_echo_reloads_total", dimensions: [("result", "success")]).increment()
-            console.say(.notice, "\(why): reloaded the certificate and key for new connections")
-            Self.warnIfExpiring(context, console: console)
-        } catch {
+    /// The keys a reload applies, to new connections, through a new TLS context.
+    static let reloadableKeys: Set<String> = [
+        "cert", "key", "client-ca", "client-auth", "tls-min", "allow-cn", "allow-dns", "allow-uri",
+        "allow-spki-sha256", "client-crl", "crl-check-all", "crl-allow-stale", "alpn-required",
+    ]
+
+    /// SIGHUP (and `--reload-interval`): the configuration is built again from `original`'s flags, the environment
+    /// and the file, and checked in full (the keys, the library's rules, the TLS files) before anything changes.
+    /// Then new connections get the new TLS context (a renewed certificate, a new CA, CRL or allow list); a changed
+    /// key that a running server cannot take is named, and its old value keeps serving. If anything is wrong,
+    /// nothing changes: the last good configuration keeps serving and one line says why. Returns whether it took.
+    func reload(from original: ServerCommand, _ server: LengthEchoServer, console: Console, why: String) async -> Bool {
+        func failed(_ reason: String) -> Bool {
             Counter(label: "length_echo_reloads_total", dimensions: [("result", "failure")]).increment()
-            console.say(.error, "\(why): kept the certificate already loaded: \(error)")
+            console.say(.error, "\(why): reload failed, the last good configuration keeps serving: \(reason)")
+            return false
         }
+        let fresh: ServerCommand
+        do {
+            let (merged, sources) = try await original.merged()
+            try merged.checkKeys()
+            if let problem = merged.libraryConfiguration().problems().first {
+                return failed(problem.description { sources.name(of: $0) })
+            }
+            fresh = merged
+        } catch let error as ValidationError {
+            return failed(error.message)
+        } catch {
+            return failed("\(error)")
+        }
+        var context: TLSContext?
+        if self.tls && fresh.tls {
+            do {
+                context = try TLSContext.server(fresh.tlsSettings())
+            } catch {
+                return failed("\(error)")
+            }
+        }
+        if let context { server.replaceTLSContext(context) }
+        Counter(label: "length_echo_reloads_total", dimensions: [("result", "success")]).increment()
+        let restart = Self.keys.filter { key in
+            !(self.tls && Self.reloadableKeys.contains(key.name)) && key.show(fresh) != key.show(self)
+        }
+        for key in restart {
+            console.say(.warning, "\(why): \(key.name) changed: restart to apply (\(key.show(self)) keeps serving)")
+        }
+        console.say(
+            .notice,
+            context == nil
+                ? "\(why): the configuration checked; nothing a running server takes changed"
+                : "\(why): reloaded the certificate and key for new connections")
+        if let context { Self.warnIfExpiring(context, console: console) }
+        return true
     }
 
     /// When each certificate file last changed (and its size), to notice a renewal.
     func certificateFilesStamp() -> [String] {
-        [self.cert ?? "certs/server.pem", self.key ?? "certs/server.key", self.clientCA, self.clientCRL].compactMap {
-            $0
-        }.map { path in
-            var info = stat()
-            guard stat(path, &info) == 0 else { return "\(path): missing" }
-            return "\(path): \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_size) \(info.st_ino)"
-        }
+        [self.cert ?? "certs/server.pem", self.key ?? "certs/server.key", self.clientCA, self.clientCRL, self.config]
+            .compactMap {
+                $0
+            }.map { path in
+                var info = stat()
+                guard stat(path, &info) == 0 else { return "\(path): missing" }
+                return "\(path): \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_size) \(info.st_ino)"
+            }
     }
 
     /// A warning when the certificate expires within 14 days (or has expired), and about stale CRLs.

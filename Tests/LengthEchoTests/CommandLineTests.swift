@@ -318,7 +318,7 @@ struct CommandLineTests {
         try FileManager.default.removeItem(atPath: directory + "/server.key")
         try FileManager.default.copyItem(atPath: first.serverKey, toPath: directory + "/server.key")
         server.terminate(signal: SIGHUP)
-        await server.wait { $0.stderr.contains("kept the certificate already loaded") }
+        await server.wait { $0.stderr.contains("the last good configuration keeps serving") }
         #expect(server.stderr.contains("does not match"))
         #expect(try await client(second.ca).stdout == "7 : renewed\n")
 

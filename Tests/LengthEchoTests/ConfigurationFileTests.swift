@@ -111,4 +111,59 @@ struct ConfigurationFileTests {
         // Nothing was bound: port 4000 (the mismatched file's) was never listened on by a check.
         #expect(!wrongKey.stderr.contains("listening"))
     }
+
+    @Test(
+        "SIGHUP reloads the file: a changed allow list applies to new connections; a broken file keeps the last good one, counted; a changed framing needs a restart"
+    )
+    func reload() async throws {
+        let certificates = try await TestCertificates.main.value
+        func text(allowing name: String) -> String {
+            """
+            tls: true
+            cert: \(certificates.serverCertificate)
+            key: \(certificates.serverKey)
+            client-ca: \(certificates.ca)
+            client-auth: required
+            allow-cn: [\(name)]
+
+            """
+        }
+        let path = try Self.file(text(allowing: "someone else"))
+        let (server, port, status) = try await startWithStatus(["--config", path])
+        defer { server.terminate(signal: SIGKILL) }
+        var configuration = ClientConfiguration(host: "127.0.0.1", port: port)
+        configuration.serverName = "localhost"
+        configuration.tls = try certificates.clientContext(withCertificate: true)
+        func served() async -> Bool {
+            let client = LengthEchoClient(configuration: configuration)
+            defer { Task { await client.close() } }
+            return (try? await client.send(Array("hi".utf8)).text) == "2 : hi"
+        }
+        #expect(await served() == false)
+
+        try text(allowing: "length-echo client").write(toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) { $0.stderr.contains("reloaded the certificate") || !$0.isRunning }
+        #expect(await served())
+
+        // Broken mid-edit: nothing changes, one line says why, /metrics counts it.
+        try "tls: true\nclient-auth: [".write(toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) { $0.stderr.contains("reload failed") || !$0.isRunning }
+        #expect(server.stderr.contains("the last good configuration keeps serving"), "\(server.stderr)")
+        #expect(await served())
+        let metrics = try await blocking { try http("/metrics", port: status).body }
+        #expect(sample(metrics, #"length_echo_reloads_total{result="failure"}"#) == 1, "\(metrics)")
+        #expect(sample(metrics, #"length_echo_reloads_total{result="success"}"#) == 1)
+
+        // A setting a running server cannot take (the framing) is named as needing a restart; the old one serves.
+        // (The port is a flag here, and a flag wins over the file: changing it in the file changes nothing.)
+        try (text(allowing: "length-echo client") + "framing: line\nport: 1\n").write(
+            toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) { $0.stderr.contains("framing changed: restart to apply") || !$0.isRunning }
+        #expect(server.stderr.contains("framing changed: restart to apply (nul keeps serving)"), "\(server.stderr)")
+        #expect(!server.stderr.contains("port changed"))
+        #expect(await served())
+    }
 }
