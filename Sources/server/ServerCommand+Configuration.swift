@@ -11,6 +11,8 @@ extension ServerCommand {
         let name: String
         let read: (inout ServerCommand, ConfigReader) throws -> Void
         let show: (ServerCommand) -> String
+        /// Sets this key's value in the first command to the second's.
+        let copy: (inout ServerCommand, ServerCommand) -> Void
 
         /// A single value (`port: 5`).
         static func value<T: ExpressibleByArgument>(_ name: String, _ path: WritableKeyPath<ServerCommand, T>) -> Key {
@@ -19,7 +21,7 @@ extension ServerCommand {
                 read: { command, reader in
                     command[keyPath: path] = try Self.parse(name, try reader.requiredString(forKey: .init(name)))
                 },
-                show: { $0[keyPath: path].defaultValueDescription })
+                show: { $0[keyPath: path].defaultValueDescription }, copy: { $0[keyPath: path] = $1[keyPath: path] })
         }
 
         /// A value that may be absent (`cert: server.pem`).
@@ -31,7 +33,8 @@ extension ServerCommand {
                 read: { command, reader in
                     command[keyPath: path] = try Self.parse(name, try reader.requiredString(forKey: .init(name)))
                 },
-                show: { $0[keyPath: path].map(\.defaultValueDescription) ?? absent })
+                show: { $0[keyPath: path].map(\.defaultValueDescription) ?? absent },
+                copy: { $0[keyPath: path] = $1[keyPath: path] })
         }
 
         /// A repeatable flag: a list, or one value as a list of one; comma-separated in the environment.
@@ -48,7 +51,8 @@ extension ServerCommand {
                         command[keyPath: path] = [try reader.requiredString(forKey: key)]
                     }
                 },
-                show: { $0[keyPath: path].isEmpty ? absent : $0[keyPath: path].joined(separator: ", ") })
+                show: { $0[keyPath: path].isEmpty ? absent : $0[keyPath: path].joined(separator: ", ") },
+                copy: { $0[keyPath: path] = $1[keyPath: path] })
         }
 
         /// A switch: `true` or `false`.
@@ -56,7 +60,7 @@ extension ServerCommand {
             Key(
                 name: name,
                 read: { command, reader in command[keyPath: path] = try reader.requiredBool(forKey: .init(name)) },
-                show: { $0[keyPath: path] ? "true" : "false" })
+                show: { $0[keyPath: path] ? "true" : "false" }, copy: { $0[keyPath: path] = $1[keyPath: path] })
         }
 
         private static func parse<T: ExpressibleByArgument>(_ name: String, _ text: String) throws -> T {

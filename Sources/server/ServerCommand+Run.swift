@@ -169,6 +169,7 @@ extension ServerCommand {
                     systemd.notify("WATCHDOG=1")
                 })
         }
+        let running = RunningCommand(self)
         if let seconds = self.reloadInterval, self.tls {
             let stamp = Mutex(self.certificateFilesStamp())
             services.append(
@@ -177,8 +178,8 @@ extension ServerCommand {
                     if stamp.withLock({ seen in
                         defer { seen = now }; return seen != now
                     }) {
-                        _ = await self.reload(
-                            from: original, server, console: console,
+                        _ = await Self.reload(
+                            from: original, running: running, server, console: console,
                             why: "the certificate or configuration files changed")
                     }
                 })
@@ -196,7 +197,8 @@ extension ServerCommand {
                 switch signal {
                 case .sighup where !draining:
                     systemd.reloading()
-                    let took = await self.reload(from: original, server, console: console, why: "SIGHUP")
+                    let took = await Self.reload(
+                        from: original, running: running, server, console: console, why: "SIGHUP")
                     systemd.notify(
                         "READY=1\nSTATUS=\(took ? serving : "reload failed; serving with the last good configuration")")
                 case .sighup:

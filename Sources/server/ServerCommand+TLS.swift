@@ -69,57 +69,74 @@ extension ServerCommand {
         return settings
     }
 
-    /// The keys a reload applies, to new connections, through a new TLS context.
-    static let reloadableKeys: Set<String> = [
+    /// The keys a reload applies to new connections through a new TLS context.
+    static let tlsReloadableKeys: Set<String> = [
         "cert", "key", "client-ca", "client-auth", "tls-min", "allow-cn", "allow-dns", "allow-uri",
         "allow-spki-sha256", "client-crl", "crl-check-all", "crl-allow-stale", "alpn-required",
     ]
+
+    /// The keys a reload applies to new connections through the library (`LengthEchoServer.apply`).
+    static var serverReloadableKeys: Set<String> {
+        Set(LengthEchoServer.reloadableSettings.flatMap { Self.keys(for: $0) })
+    }
 
     /// SIGHUP (and `--reload-interval`): the configuration is built again from `original`'s flags, the environment
     /// and the file, and checked in full (the keys, the library's rules, the TLS files) before anything changes.
     /// Then new connections get the new TLS context (a renewed certificate, a new CA, CRL or allow list); a changed
     /// key that a running server cannot take is named, and its old value keeps serving. If anything is wrong,
-    /// nothing changes: the last good configuration keeps serving and one line says why. Returns whether it took.
-    func reload(from original: ServerCommand, _ server: LengthEchoServer, console: Console, why: String) async -> Bool {
+    /// nothing changes: the last good configuration keeps serving and one line says why. Returns whether it took;
+    /// `running` is the configuration serving, which it replaces.
+    static func reload(
+        from original: ServerCommand, running: RunningCommand, _ server: LengthEchoServer, console: Console, why: String
+    ) async -> Bool {
         func failed(_ reason: String) -> Bool {
             Counter(label: "length_echo_reloads_total", dimensions: [("result", "failure")]).increment()
             console.say(.error, "\(why): reload failed, the last good configuration keeps serving: \(reason)")
             return false
         }
+        let current = running.value.withLock { $0 }
         let fresh: ServerCommand
+        let sources: ConfigurationSources
         do {
-            let (merged, sources) = try await original.merged()
-            try merged.checkKeys()
-            if let problem = merged.libraryConfiguration().problems().first {
-                return failed(problem.description { sources.name(of: $0) })
-            }
-            fresh = merged
+            (fresh, sources) = try await original.merged()
+            try fresh.checkKeys()
         } catch let error as ValidationError {
             return failed(error.message)
         } catch {
             return failed("\(error)")
         }
+        if let problem = fresh.libraryConfiguration().problems().first {
+            return failed(problem.description { sources.name(of: $0) })
+        }
         var context: TLSContext?
-        if self.tls && fresh.tls {
+        if current.tls && fresh.tls {
             do {
                 context = try TLSContext.server(fresh.tlsSettings())
             } catch {
                 return failed("\(error)")
             }
         }
+        let live = Self.serverReloadableKeys.union(current.tls && fresh.tls ? Self.tlsReloadableKeys : [])
+        let changed = Self.keys.filter { $0.show(fresh) != $0.show(current) }
+        // What serves from now on: the live keys' new values, the rest as they were.
+        var next = current
+        for key in changed where live.contains(key.name) { key.copy(&next, fresh) }
+        do {
+            try server.apply(next.libraryConfiguration())
+        } catch {
+            return failed(error.description { sources.name(of: $0) })
+        }
         if let context { server.replaceTLSContext(context) }
+        running.value.withLock { $0 = next }
         Counter(label: "length_echo_reloads_total", dimensions: [("result", "success")]).increment()
-        let restart = Self.keys.filter { key in
-            !(self.tls && Self.reloadableKeys.contains(key.name)) && key.show(fresh) != key.show(self)
+        for key in changed where !live.contains(key.name) {
+            console.say(.warning, "\(why): \(key.name) changed: restart to apply (\(key.show(current)) keeps serving)")
         }
-        for key in restart {
-            console.say(.warning, "\(why): \(key.name) changed: restart to apply (\(key.show(self)) keeps serving)")
-        }
+        let applied = changed.filter { live.contains($0.name) }.map(\.name)
         console.say(
             .notice,
-            context == nil
-                ? "\(why): the configuration checked; nothing a running server takes changed"
-                : "\(why): reloaded the certificate and key for new connections")
+            "\(why): reloaded\(context == nil ? "" : " the certificate and key")"
+                + (applied.isEmpty ? "" : ", \(applied.joined(separator: ", "))") + " for new connections")
         if let context { Self.warnIfExpiring(context, console: console) }
         return true
     }
@@ -155,5 +172,14 @@ extension ServerCommand {
             left <= 0
                 ? "warning: the certificate expired at \(when); renew it and send SIGHUP"
                 : "warning: the certificate expires in \(Int(left / 86400)) days (\(when)); renew it and send SIGHUP")
+    }
+}
+
+/// The configuration the server runs with, as reloads change it.
+final class RunningCommand: Sendable {
+    let value: Mutex<ServerCommand>
+
+    init(_ command: ServerCommand) {
+        self.value = Mutex(command)
     }
 }

@@ -256,6 +256,7 @@ struct ServerCommand: AsyncParsableCommand {
         case .maximumConnectionsPerAddress: ["max-connections-per-ip"]
         case .handshakesPerSecondPerAddress: ["handshake-rate"]
         case .threads: ["threads"]
+        case .addressPolicy: ["allow-from", "deny-from"]
         case .proxyProtocol: ["proxy-protocol"]
         case .proxyTrustedSources: ["proxy-from"]
         case .proxyHeaderTimeout: ["proxy-timeout"]

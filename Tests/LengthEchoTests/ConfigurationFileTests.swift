@@ -166,4 +166,52 @@ struct ConfigurationFileTests {
         #expect(!server.stderr.contains("port changed"))
         #expect(await served())
     }
+
+    @Test("SIGHUP: a changed max-message and deny-from apply to new connections; one already open keeps its own")
+    func reloadLimits() async throws {
+        let path = try Self.file("max-message: 100\nquiet: true\n")
+        let (server, port) = try await startServerExecutable(["--config", path, "--log-format", "json"])
+        defer { server.terminate(signal: SIGKILL) }
+        let fifty = String(repeating: "x", count: 50)
+        let before = try await blocking { () -> RawSocket in
+            let socket = try RawSocket.connect(port: port)
+            try socket.write(bytes(fifty) + [0])
+            #expect(try socket.readReplyText() == "50 : \(fifty)")
+            return socket
+        }
+        try "max-message: 10\nquiet: true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) {
+            $0.stderr.contains("reloaded, max-message for new connections") || !$0.isRunning
+        }
+        #expect(server.stderr.contains("reloaded, max-message for new connections"), "\(server.stderr)")
+        // Open before the reload: still 100.
+        #expect(
+            try await blocking {
+                try before.write(bytes(fifty) + [0]); return try before.readReplyText()
+            } == "50 : \(fifty)")
+        // New: 10.
+        let after = try await blocking { () -> String? in
+            let socket = try RawSocket.connect(port: port)
+            try socket.write(bytes(fifty) + [0])
+            return try socket.readReplyText()
+        }
+        #expect(after?.hasPrefix("error: ") == true && after?.contains("10") == true, "\(after ?? "nil")")
+
+        try "max-message: 10\nquiet: true\ndeny-from: [127.0.0.0/8]\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) {
+            $0.stderr.contains("reloaded, deny-from for new connections") || !$0.isRunning
+        }
+        let denied = try await blocking { () -> [UInt8] in
+            let socket = try RawSocket.connect(port: port)
+            try? socket.write(bytes("hi") + [0])
+            return try socket.readUntilClosed()
+        }
+        #expect(denied.isEmpty)
+        let lines = await waitForConnectionLines(server, count: 2)
+        #expect(lines.contains { $0["end"] as? String == "denied" }, "\(lines)")
+        _ = before
+    }
 }

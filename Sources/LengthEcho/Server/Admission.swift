@@ -31,21 +31,20 @@ final class Admission: Sendable {
         case refused(ConnectionEnd, detail: String?, reply: Reply, note: Note?)
     }
 
-    let policy: AddressPolicy?
     let limits: AddressLimits
     let tracker: ConnectionTracker
     /// Whether connections do TLS handshakes (then the handshake rate applies).
     let tls: Bool
 
-    init(policy: AddressPolicy?, limits: AddressLimits, tracker: ConnectionTracker, tls: Bool) {
-        self.policy = policy
+    init(limits: AddressLimits, tracker: ConnectionTracker, tls: Bool) {
         self.limits = limits
         self.tracker = tracker
         self.tls = tls
     }
 
-    func admit(_ address: SocketAddress?) -> Decision {
-        if let policy = self.policy, let why = policy.refusal(for: address) {
+    /// Admits `address` or says why not; `policy` is the address policy as configured now.
+    func admit(_ address: SocketAddress?, policy: AddressPolicy?) -> Decision {
+        if let policy, let why = policy.refusal(for: address) {
             return .refused(.denied, detail: why, reply: .none, note: nil)
         }
         let key = AddressKey(address)

@@ -23,11 +23,13 @@ enum ConnectionPipeline {
     /// Runs on the child channel's event loop, synchronously, as the connection is accepted.
     static func configure(
         _ channel: any Channel,
-        configuration: ServerConfiguration,
         loopState: ServerLoopState,
         tls: TLSContext?,
         admission: Admission
     ) throws {
+        // What the connection keeps from accept to close: the configuration as it is now (a reload changes it
+        // for the connections after).
+        let configuration = loopState.configuration
         // A client's half-close is its last message, not the end of the conversation.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
         try channel.syncOptions?.setOption(.recvAllocator, value: Self.readSizes)
@@ -67,7 +69,7 @@ enum ConnectionPipeline {
         tls: TLSContext?,
         admission: Admission
     ) throws {
-        switch admission.admit(record.peer.address) {
+        switch admission.admit(record.peer.address, policy: configuration.addressPolicy) {
         case .refused(let end, let detail, let reply, let note):
             record.end(end, detail: detail)
             if let note, loopState.logBudget.allow(logger: configuration.logger) {

@@ -15,7 +15,9 @@ import Musl
 /// core. Start it with `start(configuration:)`, read `port`, and stop it with `shutdown()`.
 public final class LengthEchoServer: Sendable {
     /// What the server was started with.
-    public let configuration: ServerConfiguration
+    public var configuration: ServerConfiguration { self.live.withLock { $0 } }
+    /// The configuration as it stands: the one started with, as reloads (`apply`) have changed it.
+    private let live: Mutex<ServerConfiguration>
     /// Where the server listens, one address per listening socket.
     public let localAddresses: [SocketAddress]
     /// With `cpuAffinity`: the CPU each event loop is pinned to, in loop order; nil otherwise.
@@ -45,6 +47,34 @@ public final class LengthEchoServer: Sendable {
         let context = try TLSContext.server(settings)
         self.replaceTLSContext(context)
         return context
+    }
+
+    /// The settings a running server takes from a new configuration (a reload), for the connections accepted
+    /// after it: the address policy, the message size, the idle, message, handshake and drain timeouts, and the
+    /// connection cap. Anything else needs a restart.
+    public static let reloadableSettings: Set<ServerConfiguration.Setting> = [
+        .addressPolicy, .maximumMessageLength, .idleTimeout, .messageTimeout, .handshakeTimeout, .drainTimeout,
+        .maximumConnections,
+    ]
+
+    /// Applies `new`'s reloadable settings (`reloadableSettings`) to the connections accepted from now on; those
+    /// open keep theirs. `new` is checked in full first: if it has a problem, nothing changes. (TLS: `reloadTLS`.)
+    public func apply(_ new: ServerConfiguration) throws(ServerConfiguration.Problem) {
+        try new.validate()
+        let applied = self.live.withLock { live in
+            live.addressPolicy = new.addressPolicy
+            live.maximumMessageLength = new.maximumMessageLength
+            live.idleTimeout = new.idleTimeout
+            live.messageTimeout = new.messageTimeout
+            live.handshakeTimeout = new.handshakeTimeout
+            live.drainTimeout = new.drainTimeout
+            live.maximumConnections = new.maximumConnections
+            return live
+        }
+        self.tracker.limit = applied.maximumConnections
+        for state in self.loopStates {
+            state.eventLoop.execute { state.value.apply(applied) }
+        }
     }
 
     /// Serves new TLS connections with `context` from now on.
@@ -119,7 +149,7 @@ public final class LengthEchoServer: Sendable {
         self.metrics = metrics
         self.tls = tls
         self.loopStates = loopStates
-        self.configuration = configuration
+        self.live = Mutex(configuration)
         self.listeners = listeners
         var seen = Set<String>()
         self.localAddresses = listeners.compactMap(\.localAddress).filter { seen.insert("\($0)").inserted }
@@ -169,7 +199,7 @@ public final class LengthEchoServer: Sendable {
             handshakesPerSecond: configuration.handshakesPerSecondPerAddress)
         let tls = TLSContextHolder(context)
         let admission = Admission(
-            policy: configuration.addressPolicy, limits: limits, tracker: tracker, tls: configuration.tls != nil)
+            limits: limits, tracker: tracker, tls: configuration.tls != nil)
         let loops = Array(group.makeIterator())
         let metrics = ServerMetrics(loops: loops.count, tls: configuration.tls != nil)
         metrics.certificate(notAfter: context?.certificateNotAfter)
@@ -275,7 +305,6 @@ public final class LengthEchoServer: Sendable {
                     // `loopStates` has an entry for every loop of the group.
                     try ConnectionPipeline.configure(
                         channel,
-                        configuration: configuration,
                         loopState: (loopStates[ObjectIdentifier(channel.eventLoop)] ?? fallback).value,
                         tls: tls.current,
                         admission: admission

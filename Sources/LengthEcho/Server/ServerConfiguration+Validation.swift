@@ -7,7 +7,7 @@ extension ServerConfiguration {
     /// flag, a file key): `Problem.description(naming:)`.
     public enum Setting: String, Sendable, CaseIterable {
         case port, maximumMessageLength, idleTimeout, messageTimeout, drainTimeout, handshakeTimeout
-        case maximumConnections, maximumConnectionsPerAddress, handshakesPerSecondPerAddress, threads
+        case maximumConnections, maximumConnectionsPerAddress, handshakesPerSecondPerAddress, threads, addressPolicy
         case proxyProtocol, proxyTrustedSources, proxyHeaderTimeout
         case tls, clientCA, clientAuthentication, allowedClients, revocation
     }

@@ -17,9 +17,11 @@ final class ServerLoopState {
     /// The answer to a plaintext client on a TLS port, in the protocol's own error form.
     let plaintextRefusal: ByteBuffer
     /// The answer to a connection over the connection cap.
-    let busyRefusal: ByteBuffer
+    private(set) var busyRefusal: ByteBuffer
     /// The answer to a connection from an address that has its maximum open.
-    let perAddressRefusal: ByteBuffer
+    private(set) var perAddressRefusal: ByteBuffer
+    /// The configuration new connections of this loop get (a reload replaces it).
+    private(set) var configuration: ServerConfiguration
     /// This loop's served connections and their records, from admission to close. The loop tells them of its
     /// sweep and drain through their pipelines (`LoopEvent`, `ChannelShouldQuiesceEvent`).
     private var connections: [ObjectIdentifier: (channel: any Channel, record: ConnectionRecord)] = [:]
@@ -35,26 +37,42 @@ final class ServerLoopState {
     /// Set once the server drains: completed when the last connection of this loop is gone.
     private var drained: EventLoopPromise<Void>?
     let loop: any EventLoop
-    private let interval: TimeAmount
+    private var interval: TimeAmount
 
     init(loop: any EventLoop, configuration: ServerConfiguration, metrics: ServerMetrics) {
         self.loop = loop
         self.metrics = metrics
         self.logger = configuration.logger
         self.connectionLog = configuration.connectionLog
-        // Deadlines are found within a quarter of the shortest timeout (at most a second late).
-        let shortest = min(configuration.idleTimeout.nanoseconds, configuration.messageTimeout.nanoseconds)
-        self.interval = .nanoseconds(min(max(shortest / 4, 10_000_000), 1_000_000_000))
+        self.configuration = configuration
         self.plaintextRefusal = Reply.error(
             "this port speaks TLS; connect with a TLS client", framing: configuration.framing)
-        self.perAddressRefusal = Reply.error(
-            "server busy: \(configuration.maximumConnectionsPerAddress ?? 0) connections from your address are open, the limit; try again later",
-            framing: configuration.framing
+        (self.interval, self.perAddressRefusal, self.busyRefusal) = Self.derived(from: configuration)
+    }
+
+    /// What follows from the configuration's limits: the sweep's interval (deadlines are found within a quarter of
+    /// the shortest timeout, at most a second late) and the busy lines, which name the limits.
+    private static func derived(
+        from configuration: ServerConfiguration
+    ) -> (interval: TimeAmount, perAddress: ByteBuffer, busy: ByteBuffer) {
+        let shortest = min(configuration.idleTimeout.nanoseconds, configuration.messageTimeout.nanoseconds)
+        return (
+            .nanoseconds(min(max(shortest / 4, 10_000_000), 1_000_000_000)),
+            Reply.error(
+                "server busy: \(configuration.maximumConnectionsPerAddress ?? 0) connections from your address are open, the limit; try again later",
+                framing: configuration.framing
+            ),
+            Reply.error(
+                "server busy: \(configuration.maximumConnections) connections are open, the limit; try again later",
+                framing: configuration.framing
+            )
         )
-        self.busyRefusal = Reply.error(
-            "server busy: \(configuration.maximumConnections) connections are open, the limit; try again later",
-            framing: configuration.framing
-        )
+    }
+
+    /// A reload: connections accepted from now on get `configuration`; those open keep theirs.
+    func apply(_ configuration: ServerConfiguration) {
+        self.configuration = configuration
+        (self.interval, self.perAddressRefusal, self.busyRefusal) = Self.derived(from: configuration)
     }
 
     /// An admitted connection's protocol stage is in place: the sweep and the drain reach it from now on.
