@@ -214,4 +214,23 @@ struct ConfigurationFileTests {
         #expect(lines.contains { $0["end"] as? String == "denied" }, "\(lines)")
         _ = before
     }
+
+    @Test("deploy/length-echo.yaml, the unit's file, checks (with the test certificates where it names /etc's)")
+    func example() async throws {
+        let certificates = try await TestCertificates.main.value
+        let example = try String(
+            contentsOfFile: TestCertificates.packageRoot + "/deploy/length-echo.yaml", encoding: .utf8)
+        let path = try Self.file(
+            example.replacingOccurrences(of: "/etc/length-echo/server.pem", with: certificates.serverCertificate)
+                .replacingOccurrences(of: "/etc/length-echo/server.key", with: certificates.serverKey))
+        let check = try Executable("server", ["--config", path, "--check-config"])
+        #expect(check.exitStatusBlocking() == 0, "\(check.stderr)")
+        print("ConfigurationFileTests: --check-config on deploy/length-echo.yaml:\n\(check.stdout)")
+        for key in ["tls", "cert", "status", "drain-timeout", "log-format"] {
+            #expect(check.stdout.split(separator: "\n").contains { $0.hasPrefix(key + " ") && $0.hasSuffix("(file)") })
+        }
+        let unit = try String(
+            contentsOfFile: TestCertificates.packageRoot + "/deploy/systemd/length-echo.service", encoding: .utf8)
+        #expect(unit.contains("--config /etc/length-echo/length-echo.yaml"))
+    }
 }
