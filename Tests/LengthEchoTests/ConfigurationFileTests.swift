@@ -167,7 +167,9 @@ struct ConfigurationFileTests {
         #expect(await served())
     }
 
-    @Test("SIGHUP: a changed max-message and deny-from apply to new connections; one already open keeps its own")
+    @Test(
+        "SIGHUP: a changed max-message, per-address limit and deny-from apply to new connections; one already open keeps its own"
+    )
     func reloadLimits() async throws {
         let path = try Self.file("max-message: 100\nquiet: true\n")
         let (server, port) = try await startServerExecutable(["--config", path, "--log-format", "json"])
@@ -198,11 +200,27 @@ struct ConfigurationFileTests {
         }
         #expect(after?.hasPrefix("error: ") == true && after?.contains("10") == true, "\(after ?? "nil")")
 
+        // A per-address limit of 1.
+        try "max-message: 10\nquiet: true\nmax-connections-per-ip: 1\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) {
+            $0.stderr.contains("reloaded, max-connections-per-ip for new connections") || !$0.isRunning
+        }
+        // Counted from now on: one connection from 127.0.0.1 (`before` was not counted: no limit then), then busy.
+        let (first, busy) = try await blocking { () -> (RawSocket, String?) in
+            let first = try RawSocket.connect(port: port)
+            try first.write(bytes("one") + [0])
+            #expect(try first.readReplyText() == "3 : one")
+            return (first, try RawSocket.connect(port: port).readReplyText())
+        }
+        #expect(busy?.hasPrefix("error: server busy: 1 connections from your address") == true, "\(busy ?? "nil")")
+
         try "max-message: 10\nquiet: true\ndeny-from: [127.0.0.0/8]\n".write(
             toFile: path, atomically: true, encoding: .utf8)
         server.terminate(signal: SIGHUP)
         await server.wait(seconds: 10) {
-            $0.stderr.contains("reloaded, deny-from for new connections") || !$0.isRunning
+            $0.stderr.contains("deny-from for new connections") || !$0.isRunning
         }
         let denied = try await blocking { () -> [UInt8] in
             let socket = try RawSocket.connect(port: port)
@@ -210,9 +228,9 @@ struct ConfigurationFileTests {
             return try socket.readUntilClosed()
         }
         #expect(denied.isEmpty)
-        let lines = await waitForConnectionLines(server, count: 2)
+        let lines = await waitForConnectionLines(server, count: 3)
         #expect(lines.contains { $0["end"] as? String == "denied" }, "\(lines)")
-        _ = before
+        _ = (before, first)
     }
 
     @Test("deploy/length-echo.yaml, the unit's file, checks (with the test certificates where it names /etc's)")

@@ -36,12 +36,22 @@ final class AddressLimits: Sendable {
 
     private static let shards = 16
     private let shards: [Shard]
-    let maximumOpen: Int?
-    let handshakesPerSecond: Int?
+    /// The limits, 0 for none; a reload may change them (for the connections after it).
+    private let openLimit: Atomic<Int>
+    private let rateLimit: Atomic<Int>
+
+    var maximumOpen: Int? {
+        get { self.openLimit.load(ordering: .relaxed).nonZero }
+        set { self.openLimit.store(newValue ?? 0, ordering: .relaxed) }
+    }
+    var handshakesPerSecond: Int? {
+        get { self.rateLimit.load(ordering: .relaxed).nonZero }
+        set { self.rateLimit.store(newValue ?? 0, ordering: .relaxed) }
+    }
 
     init(maximumOpen: Int?, handshakesPerSecond: Int?) {
-        self.maximumOpen = maximumOpen
-        self.handshakesPerSecond = handshakesPerSecond
+        self.openLimit = Atomic(maximumOpen ?? 0)
+        self.rateLimit = Atomic(handshakesPerSecond ?? 0)
         self.shards = (0..<Self.shards).map { _ in Shard() }
     }
 
@@ -54,24 +64,27 @@ final class AddressLimits: Sendable {
 
     private var bucket: Double { Double(self.handshakesPerSecond ?? 0) }
 
-    /// Counts a connection from `key` and returns true, or returns false when the address has its maximum open.
-    func admit(_ key: AddressKey) -> Bool {
-        guard let maximum = self.maximumOpen else { return true }
+    /// What `admit` did: counted the connection (release it when it ends), had no limit to count against, or
+    /// refused it (the address has its maximum open).
+    enum Admitted { case counted, unlimited, refused }
+
+    /// Counts a connection from `key`, unless there is no limit or the address has its maximum open.
+    func admit(_ key: AddressKey) -> Admitted {
+        guard let maximum = self.maximumOpen else { return .unlimited }
         let bucket = self.bucket
         let now = NIODeadline.now()
         return self.shard(key).table.withLock { table in
             table.sweepIfLarge(now: now)
             var entry = table.entries[key] ?? Entry(tokens: bucket, refilled: now)
-            guard entry.open < maximum else { return false }
+            guard entry.open < maximum else { return .refused }
             entry.open += 1
             table.entries[key] = entry
-            return true
+            return .counted
         }
     }
 
-    /// An admitted connection from `key` ended.
+    /// A connection from `key` that `admit` counted ended (whatever the limit is now).
     func release(_ key: AddressKey) {
-        guard self.maximumOpen != nil else { return }
         self.shard(key).table.withLock { table in
             guard var entry = table.entries[key] else { return }
             entry.open -= 1
@@ -103,4 +116,9 @@ final class AddressLimits: Sendable {
             return (false, log)
         }
     }
+}
+
+extension Int {
+    /// Nil for 0 (no limit).
+    fileprivate var nonZero: Int? { self == 0 ? nil : self }
 }

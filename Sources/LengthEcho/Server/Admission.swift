@@ -47,15 +47,19 @@ final class Admission: Sendable {
         if let policy, let why = policy.refusal(for: address) {
             return .refused(.denied, detail: why, reply: .none, note: nil)
         }
-        let key = AddressKey(address)
-        if let key {
-            guard self.limits.admit(key) else {
-                return .refused(.perAddressLimit, detail: nil, reply: .perAddressBusy, note: nil)
+        let address = AddressKey(address)
+        // The address's count, when one was taken (there is a per-address limit): released with the ticket.
+        var counted: AddressKey?
+        if let key = address {
+            switch self.limits.admit(key) {
+            case .refused: return .refused(.perAddressLimit, detail: nil, reply: .perAddressBusy, note: nil)
+            case .counted: counted = key
+            case .unlimited: break
             }
             if self.tls {
                 let (allowed, log) = self.limits.takeHandshake(key)
                 guard allowed else {
-                    self.limits.release(key)
+                    if let counted { self.limits.release(counted) }
                     // At most once a second for an address.
                     let note =
                         log
@@ -69,14 +73,14 @@ final class Admission: Sendable {
             }
         }
         guard self.tracker.admit() else {
-            if let key { self.limits.release(key) }
+            if let counted { self.limits.release(counted) }
             return .refused(
                 .busy, detail: nil, reply: .busy,
                 note: Note(
                     level: .warning,
                     message: "refusing a connection: \(self.tracker.limit) connections are open, the limit"))
         }
-        return .admitted(AdmissionTicket(admission: self, key: key))
+        return .admitted(AdmissionTicket(admission: self, key: counted))
     }
 }
 

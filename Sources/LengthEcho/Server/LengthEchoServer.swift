@@ -24,6 +24,8 @@ public final class LengthEchoServer: Sendable {
     public let pinnedCPUs: [Int]?
     private let listeners: [any Channel]
     private let tracker: ConnectionTracker
+    /// The per-address limits (a reload changes them).
+    private let limits: AddressLimits
     private let tls: TLSContextHolder
     private let loopStates: [NIOLoopBound<ServerLoopState>]
     let group: any EventLoopGroup
@@ -54,7 +56,8 @@ public final class LengthEchoServer: Sendable {
     /// connection cap. Anything else needs a restart.
     public static let reloadableSettings: Set<ServerConfiguration.Setting> = [
         .addressPolicy, .maximumMessageLength, .idleTimeout, .messageTimeout, .handshakeTimeout, .drainTimeout,
-        .maximumConnections,
+        .maximumConnections, .maximumConnectionsPerAddress, .handshakesPerSecondPerAddress, .proxyTrustedSources,
+        .proxyHeaderTimeout,
     ]
 
     /// Applies `new`'s reloadable settings (`reloadableSettings`) to the connections accepted from now on; those
@@ -69,9 +72,15 @@ public final class LengthEchoServer: Sendable {
             live.handshakeTimeout = new.handshakeTimeout
             live.drainTimeout = new.drainTimeout
             live.maximumConnections = new.maximumConnections
+            live.maximumConnectionsPerAddress = new.maximumConnectionsPerAddress
+            live.handshakesPerSecondPerAddress = new.handshakesPerSecondPerAddress
+            // Whether PROXY is spoken needs a restart; whom to believe and how long to wait for a header do not.
+            if live.proxyProtocol != nil, let proxy = new.proxyProtocol { live.proxyProtocol = proxy }
             return live
         }
         self.tracker.limit = applied.maximumConnections
+        self.limits.maximumOpen = applied.maximumConnectionsPerAddress
+        self.limits.handshakesPerSecond = applied.handshakesPerSecondPerAddress
         for state in self.loopStates {
             state.eventLoop.execute { state.value.apply(applied) }
         }
@@ -138,6 +147,7 @@ public final class LengthEchoServer: Sendable {
         configuration: ServerConfiguration,
         listeners: [any Channel],
         tracker: ConnectionTracker,
+        limits: AddressLimits,
         tls: TLSContextHolder,
         loopStates: [NIOLoopBound<ServerLoopState>],
         group: any EventLoopGroup,
@@ -154,6 +164,7 @@ public final class LengthEchoServer: Sendable {
         var seen = Set<String>()
         self.localAddresses = listeners.compactMap(\.localAddress).filter { seen.insert("\($0)").inserted }
         self.tracker = tracker
+        self.limits = limits
         self.group = group
         self.ownsGroup = ownsGroup
         self.pinnedCPUs = pinnedCPUs
@@ -242,6 +253,7 @@ public final class LengthEchoServer: Sendable {
             configuration: configuration,
             listeners: listeners,
             tracker: tracker,
+            limits: limits,
             tls: tls,
             loopStates: loopStates,
             group: group,
