@@ -74,23 +74,44 @@ extension ServerCommand {
     /// Every key, in the order `--help` lists the flags. (Computed: a table of closures is no shared state.)
     static var keys: [Key] {
         [
-            .list("host", \.host, absent: "0.0.0.0, ::"), .value("port", \.port), .value("framing", \.framing),
-            .value("max-message", \.maxMessage),
-            .value("idle-timeout", \.idleTimeout), .value("message-timeout", \.messageTimeout),
-            .value("max-connections", \.maxConnections), .optional("max-connections-per-ip", \.maxConnectionsPerIP),
-            .list("allow-from", \.allowFrom), .list("deny-from", \.denyFrom), .value("drain-timeout", \.drainTimeout),
-            .value("threads", \.threads), .flag("cpu-affinity", \.cpuAffinity), .flag("tls", \.tls),
-            .optional("cert", \.cert, absent: "certs/server.pem"), .optional("key", \.key, absent: "certs/server.key"),
-            .optional("client-ca", \.clientCA),
-            .value("client-auth", \.clientAuth), .value("tls-min", \.tlsMin), .list("allow-cn", \.allowCN),
-            .list("allow-dns", \.allowDNS), .list("allow-uri", \.allowURI), .list("allow-spki-sha256", \.allowSPKI),
-            .optional("client-crl", \.clientCRL), .flag("crl-check-all", \.crlCheckAll),
-            .flag("crl-allow-stale", \.crlAllowStale), .optional("tls-keylog", \.tlsKeylog),
-            .flag("alpn-required", \.alpnRequired), .optional("handshake-rate", \.handshakeRate),
-            .optional("reload-interval", \.reloadInterval), .value("handshake-timeout", \.handshakeTimeout),
-            .flag("proxy-protocol", \.proxyProtocol), .list("proxy-from", \.proxyFrom),
-            .value("proxy-timeout", \.proxyTimeout), .flag("quiet", \.quiet), .value("log-level", \.logLevel),
-            .optional("status", \.status), .value("log-format", \.logFormat),
+            .list("host", \.listening.host, absent: "0.0.0.0, ::"),
+            .value("port", \.listening.port),
+            .value("framing", \.listening.framing),
+            .value("threads", \.listening.threads),
+            .flag("cpu-affinity", \.listening.cpuAffinity),
+            .value("max-message", \.limits.maxMessage),
+            .value("idle-timeout", \.limits.idleTimeout),
+            .value("message-timeout", \.limits.messageTimeout),
+            .value("max-connections", \.limits.maxConnections),
+            .value("drain-timeout", \.limits.drainTimeout),
+            .list("allow-from", \.admission.allowFrom),
+            .list("deny-from", \.admission.denyFrom),
+            .optional("max-connections-per-ip", \.admission.maxConnectionsPerIP),
+            .optional("handshake-rate", \.admission.handshakeRate),
+            .flag("tls", \.tlsOptions.tls),
+            .optional("cert", \.tlsOptions.cert, absent: "certs/server.pem"),
+            .optional("key", \.tlsOptions.key, absent: "certs/server.key"),
+            .value("tls-min", \.tlsOptions.tlsMin),
+            .value("handshake-timeout", \.tlsOptions.handshakeTimeout),
+            .flag("alpn-required", \.tlsOptions.alpnRequired),
+            .optional("tls-keylog", \.tlsOptions.tlsKeylog),
+            .optional("reload-interval", \.tlsOptions.reloadInterval),
+            .optional("client-ca", \.clients.clientCA),
+            .value("client-auth", \.clients.clientAuth),
+            .list("allow-cn", \.clients.allowCN),
+            .list("allow-dns", \.clients.allowDNS),
+            .list("allow-uri", \.clients.allowURI),
+            .list("allow-spki-sha256", \.clients.allowSPKI),
+            .optional("client-crl", \.clients.clientCRL),
+            .flag("crl-check-all", \.clients.crlCheckAll),
+            .flag("crl-allow-stale", \.clients.crlAllowStale),
+            .flag("proxy-protocol", \.proxy.proxyProtocol),
+            .list("proxy-from", \.proxy.proxyFrom),
+            .value("proxy-timeout", \.proxy.proxyTimeout),
+            .optional("status", \.operations.status),
+            .flag("quiet", \.operations.quiet),
+            .value("log-level", \.operations.logLevel),
+            .value("log-format", \.operations.logFormat),
         ]
     }
 
@@ -100,7 +121,8 @@ extension ServerCommand {
         arguments: [String] = CommandLine.arguments, environment: [String: String] = ProcessInfo.processInfo.environment
     ) async throws -> (ServerCommand, ConfigurationSources) {
         let sources = try await ConfigurationSources(
-            arguments: arguments, environment: environment, filePath: self.config, keys: Self.keys.map(\.name))
+            arguments: arguments, environment: environment, filePath: self.operations.config,
+            keys: Self.keys.map(\.name))
         var command = self
         for key in Self.keys {
             let (source, reader) = sources.source(of: key.name)

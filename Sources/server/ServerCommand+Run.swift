@@ -22,7 +22,7 @@ extension ServerCommand {
         // The environment and the file beneath the flags, then what the keys must be, before anything starts.
         let (command, sources) = try await self.merged()
         try command.checkKeys()
-        if command.checkConfig {
+        if command.operations.checkConfig {
             try await command.checkConfiguration(sources)
         } else {
             try await command.serve(sources, original: self)
@@ -34,7 +34,7 @@ extension ServerCommand {
     func serve(_ sources: ConfigurationSources, original: ServerCommand) async throws {
         // Trapped first: a signal that arrives while the server starts is handled once it is up, never fatal.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
-        let (level, format) = (self.logLevel, self.logFormat)
+        let (level, format) = (self.operations.logLevel, self.operations.logFormat)
         LoggingSystem.bootstrap { label in
             var handler = QueuedLogHandler(label: label, format: format)
             handler.logLevel = level
@@ -43,7 +43,7 @@ extension ServerCommand {
         defer { QueuedLogHandler.writer.flush() }
         let console = Console(format: format)
         if let limit = OpenFileLimit.raiseToHard(),
-            let warning = OpenFileLimit.warning(maximumConnections: self.maxConnections, limit: limit)
+            let warning = OpenFileLimit.warning(maximumConnections: self.limits.maxConnections, limit: limit)
         {
             console.say(.warning, warning)
         }
@@ -64,16 +64,17 @@ extension ServerCommand {
             throw ExitCode.failure
         }
         for (flag, ranges) in [
-            ("--allow-from", self.allowFrom), ("--deny-from", self.denyFrom), ("--proxy-from", self.proxyFrom),
+            ("--allow-from", self.admission.allowFrom), ("--deny-from", self.admission.denyFrom),
+            ("--proxy-from", self.proxy.proxyFrom),
         ] {
             for text in ranges {
                 guard let range = AddressRange(text), range.hostBitsSet else { continue }
                 console.say(.warning, "\(flag) \(text) has host bits set: it is taken as \(range)")
             }
         }
-        if self.tls {
+        if self.tlsOptions.tls {
             self.checkKeyPermissions(console: console)
-            if let path = self.tlsKeylog {
+            if let path = self.tlsOptions.tlsKeylog {
                 do {
                     if let note = try TLSKeyLog.open(path) { console.say(.warning, "warning: \(note)") }
                 } catch {
@@ -88,7 +89,7 @@ extension ServerCommand {
         }
         // Metrics: swift-metrics with swift-prometheus behind it, bootstrapped once, only when they are served.
         let registry = PrometheusCollectorRegistry()
-        if self.status != nil {
+        if self.operations.status != nil {
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
             for result in ["success", "failure"] {
                 Counter(label: "length_echo_reloads_total", dimensions: [("result", result)]).increment(by: 0)
@@ -97,7 +98,7 @@ extension ServerCommand {
         let connectionLines = ConnectionLines(format: format, level: level)
         configuration.connectionLog = { summary in connectionLines.write(summary) }
         var receiveLog: ReceiveLog?
-        if !self.quiet {
+        if !self.operations.quiet {
             let log = ReceiveLog()
             receiveLog = log
             configuration.onMessage = { message, _ in log.print(message) }
@@ -108,13 +109,13 @@ extension ServerCommand {
             server = try await LengthEchoServer.start(configuration: configuration)
         } catch {
             console.say(.error, "\(error)\(Self.advice(for: error).map { "; \($0)" } ?? "")")
-            if error is TLSError && self.cert == nil {
+            if error is TLSError && self.tlsOptions.cert == nil {
                 console.say(.error, "(make test certificates with scripts/gen-certs.sh)")
             }
             throw ExitCode.failure
         }
         var statusServer: StatusServer?
-        if let status = self.status, let (host, port) = Self.statusAddress(status) {
+        if let status = self.operations.status, let (host, port) = Self.statusAddress(status) {
             do {
                 statusServer = try await StatusServer.start(for: server, host: host, port: port) {
                     ServerMetrics.described(
@@ -133,12 +134,13 @@ extension ServerCommand {
             LengthEchoError.format(host: $0.ipAddress ?? "?", port: $0.port ?? 0)
         }
         let security =
-            self.tls
-            ? "TLS \(self.tlsMin.rawValue)+"
-                + (self.clientAuth == .none ? "" : ", client certificates \(self.clientAuth.rawValue)")
+            self.tlsOptions.tls
+            ? "TLS \(self.tlsOptions.tlsMin.rawValue)+"
+                + (self.clients.clientAuth == .none ? "" : ", client certificates \(self.clients.clientAuth.rawValue)")
             : "plaintext"
-        let framing = self.framing == .nul ? "" : ", \(self.framing.rawValue) framing"
-        let proxy = self.proxyProtocol ? ", PROXY protocol from \(self.proxyFrom.joined(separator: " "))" : ""
+        let framing = self.listening.framing == .nul ? "" : ", \(self.listening.framing.rawValue) framing"
+        let proxy =
+            self.proxy.proxyProtocol ? ", PROXY protocol from \(self.proxy.proxyFrom.joined(separator: " "))" : ""
         console.say(.notice, "listening on \(addresses.joined(separator: " and ")) (\(security)\(framing)\(proxy))")
         if let cpus = server.pinnedCPUs {
             console.say(
@@ -170,7 +172,7 @@ extension ServerCommand {
                 })
         }
         let running = RunningCommand(self)
-        if let seconds = self.reloadInterval, self.tls {
+        if let seconds = self.tlsOptions.reloadInterval, self.tlsOptions.tls {
             let stamp = Mutex(self.certificateFilesStamp())
             services.append(
                 Repeating(every: .seconds(seconds), now: false) {  // short-lived certificates
@@ -266,30 +268,31 @@ extension ServerCommand {
     /// `problems()` is), nothing opened or started.
     func libraryConfiguration() -> ServerConfiguration {
         var configuration = ServerConfiguration()
-        if !self.host.isEmpty { configuration.hosts = self.host }
-        configuration.port = self.port
-        configuration.framing = self.framing
-        configuration.maximumMessageLength = self.maxMessage
-        configuration.idleTimeout = .fromSeconds(self.idleTimeout)
-        configuration.messageTimeout = .fromSeconds(self.messageTimeout)
-        configuration.maximumConnections = self.maxConnections
-        configuration.drainTimeout = .fromSeconds(self.drainTimeout)
-        configuration.threads = self.threads
-        configuration.cpuAffinity = self.cpuAffinity
-        configuration.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
-        configuration.maximumConnectionsPerAddress = self.maxConnectionsPerIP
-        configuration.handshakesPerSecondPerAddress = self.handshakeRate
-        if !self.allowFrom.isEmpty || !self.denyFrom.isEmpty {
+        if !self.listening.host.isEmpty { configuration.hosts = self.listening.host }
+        configuration.port = self.listening.port
+        configuration.framing = self.listening.framing
+        configuration.maximumMessageLength = self.limits.maxMessage
+        configuration.idleTimeout = .fromSeconds(self.limits.idleTimeout)
+        configuration.messageTimeout = .fromSeconds(self.limits.messageTimeout)
+        configuration.maximumConnections = self.limits.maxConnections
+        configuration.drainTimeout = .fromSeconds(self.limits.drainTimeout)
+        configuration.threads = self.listening.threads
+        configuration.cpuAffinity = self.listening.cpuAffinity
+        configuration.handshakeTimeout = .fromSeconds(self.tlsOptions.handshakeTimeout)
+        configuration.maximumConnectionsPerAddress = self.admission.maxConnectionsPerIP
+        configuration.handshakesPerSecondPerAddress = self.admission.handshakeRate
+        if !self.admission.allowFrom.isEmpty || !self.admission.denyFrom.isEmpty {
             configuration.addressPolicy = AddressPolicy(
-                allow: self.allowFrom.compactMap(AddressRange.init), deny: self.denyFrom.compactMap(AddressRange.init))
+                allow: self.admission.allowFrom.compactMap(AddressRange.init),
+                deny: self.admission.denyFrom.compactMap(AddressRange.init))
         }
-        if self.proxyProtocol {
+        if self.proxy.proxyProtocol {
             configuration.proxyProtocol = ProxyProtocolConfiguration(
-                trustedSources: self.proxyFrom.compactMap(AddressRange.init),
-                headerTimeout: .fromSeconds(self.proxyTimeout)
+                trustedSources: self.proxy.proxyFrom.compactMap(AddressRange.init),
+                headerTimeout: .fromSeconds(self.proxy.proxyTimeout)
             )
         }
-        if self.tls { configuration.tls = self.tlsSettings() }
+        if self.tlsOptions.tls { configuration.tls = self.tlsSettings() }
         return configuration
     }
 }

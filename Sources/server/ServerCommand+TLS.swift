@@ -20,7 +20,7 @@ import Musl
 /// The TLS side of the command: the context from the flags, the key's permissions, reloads, expiry.
 extension ServerCommand {
     func checkKeyPermissions(console: Console) {
-        let path = self.key ?? "certs/server.key"
+        let path = self.tlsOptions.key ?? "certs/server.key"
         var info = stat()
         guard stat(path, &info) == 0 else { return }  // a missing key is reported by the TLS context
         // Readable by everyone, or by a group this server is not in, is a warning; a group of its own (root-owned,
@@ -53,18 +53,19 @@ extension ServerCommand {
     /// The TLS flags, mapped into the library's settings (which `ServerConfiguration.validate()` checks).
     func tlsSettings() -> TLSServerSettings {
         var settings = TLSServerSettings()
-        if let cert = self.cert { settings.certificateChain = cert }
-        if let key = self.key { settings.privateKey = key }
-        settings.clientCA = self.clientCA
-        settings.clientAuthentication = self.clientAuth
-        settings.minimumVersion = self.tlsMin
-        settings.requireALPN = self.alpnRequired
-        settings.keyLog = self.tlsKeylog != nil
+        if let cert = self.tlsOptions.cert { settings.certificateChain = cert }
+        if let key = self.tlsOptions.key { settings.privateKey = key }
+        settings.clientCA = self.clients.clientCA
+        settings.clientAuthentication = self.clients.clientAuth
+        settings.minimumVersion = self.tlsOptions.tlsMin
+        settings.requireALPN = self.tlsOptions.alpnRequired
+        settings.keyLog = self.tlsOptions.tlsKeylog != nil
         settings.allowedClients = IdentityPolicy(
-            commonNames: self.allowCN, dnsNames: self.allowDNS, uris: self.allowURI,
-            publicKeySHA256: self.allowSPKI.compactMap(IdentityPolicy.digest(hex:)))
-        settings.revocation = self.clientCRL.map {
-            RevocationPolicy(crlFile: $0, checkWholeChain: self.crlCheckAll, allowStale: self.crlAllowStale)
+            commonNames: self.clients.allowCN, dnsNames: self.clients.allowDNS, uris: self.clients.allowURI,
+            publicKeySHA256: self.clients.allowSPKI.compactMap(IdentityPolicy.digest(hex:)))
+        settings.revocation = self.clients.clientCRL.map {
+            RevocationPolicy(
+                crlFile: $0, checkWholeChain: self.clients.crlCheckAll, allowStale: self.clients.crlAllowStale)
         }
         return settings
     }
@@ -109,14 +110,15 @@ extension ServerCommand {
             return failed(problem.description { sources.name(of: $0) })
         }
         var context: TLSContext?
-        if current.tls && fresh.tls {
+        if current.tlsOptions.tls && fresh.tlsOptions.tls {
             do {
                 context = try TLSContext.server(fresh.tlsSettings())
             } catch {
                 return failed("\(error)")
             }
         }
-        let live = Self.serverReloadableKeys.union(current.tls && fresh.tls ? Self.tlsReloadableKeys : [])
+        let live = Self.serverReloadableKeys.union(
+            current.tlsOptions.tls && fresh.tlsOptions.tls ? Self.tlsReloadableKeys : [])
         let changed = Self.keys.filter { $0.show(fresh) != $0.show(current) }
         // What serves from now on: the live keys' new values, the rest as they were.
         var next = current
@@ -143,14 +145,17 @@ extension ServerCommand {
 
     /// When each certificate file last changed (and its size), to notice a renewal.
     func certificateFilesStamp() -> [String] {
-        [self.cert ?? "certs/server.pem", self.key ?? "certs/server.key", self.clientCA, self.clientCRL, self.config]
-            .compactMap {
-                $0
-            }.map { path in
-                var info = stat()
-                guard stat(path, &info) == 0 else { return "\(path): missing" }
-                return "\(path): \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_size) \(info.st_ino)"
-            }
+        [
+            self.tlsOptions.cert ?? "certs/server.pem", self.tlsOptions.key ?? "certs/server.key",
+            self.clients.clientCA, self.clients.clientCRL, self.operations.config,
+        ]
+        .compactMap {
+            $0
+        }.map { path in
+            var info = stat()
+            guard stat(path, &info) == 0 else { return "\(path): missing" }
+            return "\(path): \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_size) \(info.st_ino)"
+        }
     }
 
     /// A warning when the certificate expires within 14 days (or has expired), and about stale CRLs.
