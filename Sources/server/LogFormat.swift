@@ -2,6 +2,7 @@ import LengthEcho
 import LengthEchoCore
 import Logging
 import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -23,8 +24,22 @@ struct QueuedLogHandler: LogHandler {
 
     let label: String
     let format: LogFormat
-    var logLevel: Logger.Level = .info
     var metadata: Logger.Metadata = [:]
+    /// This handler's own level, when one was set; else the process's (`level`, which a reload changes).
+    private var ownLevel: Logger.Level? = nil
+
+    init(label: String, format: LogFormat) {
+        self.label = label
+        self.format = format
+    }
+
+    /// The process's log level: every handler without a level of its own, and the connection lines, follow it.
+    static let level = Atomic<Int>(Logger.Level.info.rank)
+
+    var logLevel: Logger.Level {
+        get { self.ownLevel ?? Logger.Level(rank: Self.level.load(ordering: .relaxed)) }
+        set { self.ownLevel = newValue }
+    }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { self.metadata[key] }
@@ -175,11 +190,10 @@ struct LineBuilder {
 /// none of swift-log's per-line metadata dictionary.
 struct ConnectionLines: Sendable {
     let format: LogFormat
-    let level: Logger.Level
 
     func write(_ summary: ConnectionSummary) {
         let level: Logger.Level = summary.isHealthCheck ? .debug : .info
-        guard self.level <= level else { return }
+        guard Logger.Level(rank: QueuedLogHandler.level.load(ordering: .relaxed)) <= level else { return }
         let format = self.format
         let line = LineBuilder(format: format)
         QueuedLogHandler.writer.line { out in
@@ -339,5 +353,14 @@ enum LogTime {
             value %= divisor
             divisor /= 10
         }
+    }
+}
+
+extension Logger.Level {
+    /// The level as a number, for an atomic: trace is 0, critical 6.
+    var rank: Int { Self.allCases.firstIndex(of: self) ?? 2 }
+
+    init(rank: Int) {
+        self = Self.allCases.indices.contains(rank) ? Self.allCases[rank] : .info
     }
 }

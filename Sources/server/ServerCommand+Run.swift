@@ -35,11 +35,8 @@ extension ServerCommand {
         // Trapped first: a signal that arrives while the server starts is handled once it is up, never fatal.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
         let (level, format) = (self.operations.logLevel, self.operations.logFormat)
-        LoggingSystem.bootstrap { label in
-            var handler = QueuedLogHandler(label: label, format: format)
-            handler.logLevel = level
-            return handler
-        }
+        QueuedLogHandler.level.store(level.rank, ordering: .relaxed)
+        LoggingSystem.bootstrap { label in QueuedLogHandler(label: label, format: format) }
         defer { QueuedLogHandler.writer.flush() }
         let console = Console(format: format)
         if let limit = OpenFileLimit.raiseToHard(),
@@ -95,7 +92,7 @@ extension ServerCommand {
                 Counter(label: "length_echo_reloads_total", dimensions: [("result", result)]).increment(by: 0)
             }
         }
-        let connectionLines = ConnectionLines(format: format, level: level)
+        let connectionLines = ConnectionLines(format: format)
         configuration.connectionLog = { summary in connectionLines.write(summary) }
         var receiveLog: ReceiveLog?
         if !self.operations.quiet {

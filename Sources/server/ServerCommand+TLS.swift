@@ -76,6 +76,9 @@ extension ServerCommand {
         "allow-spki-sha256", "client-crl", "crl-check-all", "crl-allow-stale", "alpn-required",
     ]
 
+    /// The keys a reload applies in the program itself: the log level, for every line after the reload.
+    static let programReloadableKeys: Set<String> = ["log-level"]
+
     /// The keys a reload applies to new connections through the library (`LengthEchoServer.apply`).
     static var serverReloadableKeys: Set<String> {
         Set(LengthEchoServer.reloadableSettings.flatMap { Self.keys(for: $0) })
@@ -117,7 +120,7 @@ extension ServerCommand {
                 return failed("\(error)")
             }
         }
-        let live = Self.serverReloadableKeys.union(
+        let live = Self.serverReloadableKeys.union(Self.programReloadableKeys).union(
             current.tlsOptions.tls && fresh.tlsOptions.tls ? Self.tlsReloadableKeys : [])
         let changed = Self.keys.filter { $0.show(fresh) != $0.show(current) }
         // What serves from now on: the live keys' new values, the rest as they were.
@@ -130,6 +133,7 @@ extension ServerCommand {
         }
         if let context { server.replaceTLSContext(context) }
         running.value.withLock { $0 = next }
+        QueuedLogHandler.level.store(next.operations.logLevel.rank, ordering: .relaxed)
         Counter(label: "length_echo_reloads_total", dimensions: [("result", "success")]).increment()
         for key in changed where !live.contains(key.name) {
             console.say(.warning, "\(why): \(key.name) changed: restart to apply (\(key.show(current)) keeps serving)")

@@ -254,4 +254,26 @@ struct ConfigurationFileTests {
             contentsOfFile: TestCertificates.packageRoot + "/deploy/systemd/length-echo.service", encoding: .utf8)
         #expect(unit.contains("--config /etc/length-echo/length-echo.yaml"))
     }
+
+    @Test("SIGHUP: a changed log-level applies to the lines after it")
+    func reloadLogLevel() async throws {
+        let path = try Self.file("log-level: warning\nquiet: true\n")
+        let (server, port) = try await startServerExecutable(["--config", path])
+        defer { server.terminate(signal: SIGKILL) }
+        func exchange() async throws {
+            _ = try await blocking {
+                let socket = try RawSocket.connect(port: port)
+                try socket.write(bytes("x") + [0])
+                return try socket.readReplyText()
+            }
+        }
+        try await exchange()
+        try "log-level: info\nquiet: true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) { $0.stderr.contains("log-level") || !$0.isRunning }
+        try await exchange()
+        await server.wait(seconds: 10) { $0.stderr.contains("connection ended") || !$0.isRunning }
+        // One line: the second connection's; the first ended under `warning`.
+        #expect(server.stderr.components(separatedBy: "connection ended").count - 1 == 1, "\(server.stderr)")
+    }
 }

@@ -14,7 +14,7 @@ struct ConfigurationTableTests {
         let rows = readme.split(separator: "\n").filter { $0.hasPrefix("| `") }.compactMap { row -> [String]? in
             let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
             guard cells.count == 3, cells[0].hasPrefix("`"),
-                cells[2].hasPrefix("new connections") || cells[2] == "restart"
+                cells[2].hasPrefix("new connections") || cells[2] == "restart" || cells[2].hasPrefix("every log line")
             else { return nil }
             return [cells[0].trimmingCharacters(in: CharacterSet(charactersIn: "`")), cells[1], cells[2]]
         }
@@ -31,9 +31,12 @@ struct ConfigurationTableTests {
         for row in rows {
             if row[0] != "threads" { #expect(defaults[row[0]] == row[1], "\(row[0])") }
             let reload =
-                live.contains(row[0])
-                ? "new connections"
-                : ServerCommand.tlsReloadableKeys.contains(row[0]) ? "new connections (a new TLS context)" : "restart"
+                ServerCommand.programReloadableKeys.contains(row[0])
+                ? "every log line after it"
+                : live.contains(row[0])
+                    ? "new connections"
+                    : ServerCommand.tlsReloadableKeys.contains(row[0])
+                        ? "new connections (a new TLS context)" : "restart"
             #expect(row[2] == reload, "\(row[0])")
         }
     }
