@@ -25,7 +25,9 @@ struct ServerCommand: AsyncParsableCommand {
         discussion: """
             Prints `receive: <message>` for each message, as the original C server does (control bytes \
             escaped). SIGINT or SIGTERM drains: no new connections, messages already received are answered, \
-            then it exits 0. With --tls, SIGHUP reloads the certificate, key and client CA for new connections.
+            then it exits 0. SIGHUP reloads the configuration, checked in full first: the TLS files and policies, \
+            the address rules, the limits and the timeouts apply to new connections, the log level at once; other \
+            changes are named as needing a restart.
 
             Every flag is also a key of the --config file (YAML; the keys are the long flag names, a repeatable \
             flag takes a list, a switch true or false) and an environment variable (LENGTH_ECHO_ and the name in \

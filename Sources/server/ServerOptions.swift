@@ -116,7 +116,9 @@ struct TLSOptions: ParsableArguments {
 
     @Option(
         name: .customLong("reload-interval"),
-        help: "With --tls: every this many seconds, read the certificate, key and client CA again if they changed.")
+        help:
+            "With --tls: every this many seconds, reload (as SIGHUP does) if the certificate, key, client CA, CRL or --config file changed."
+    )
     var reloadInterval: Double?
 }
 

@@ -276,4 +276,23 @@ struct ConfigurationFileTests {
         // One line: the second connection's; the first ended under `warning`.
         #expect(server.stderr.components(separatedBy: "connection ended").count - 1 == 1, "\(server.stderr)")
     }
+
+    @Test("SIGHUP with a port changed in the file: named as needing a restart; the old port keeps serving")
+    func reloadPort() async throws {
+        let (old, new) = (try freePort(), try freePort())
+        let path = try Self.file("host: 127.0.0.1\nport: \(old)\nquiet: true\n")
+        let server = try Executable("server", ["--config", path])
+        defer { server.terminate(signal: SIGKILL) }
+        await server.wait(seconds: 10) { $0.stderr.contains("listening on") || !$0.isRunning }
+        try "host: 127.0.0.1\nport: \(new)\nquiet: true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        server.terminate(signal: SIGHUP)
+        await server.wait(seconds: 10) { $0.stderr.contains("port changed") || !$0.isRunning }
+        #expect(server.stderr.contains("port changed: restart to apply (\(old) keeps serving)"), "\(server.stderr)")
+        let reply = try await blocking {
+            let socket = try RawSocket.connect(port: old)
+            try socket.write(bytes("still") + [0])
+            return try socket.readReplyText()
+        }
+        #expect(reply == "5 : still")
+    }
 }
