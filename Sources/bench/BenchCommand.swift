@@ -16,7 +16,8 @@ struct BenchCommand: AsyncParsableCommand {
             Modes: `per-request` (connect, [handshake], send, reply, close, as the original client does) and \
             `persistent` (the next message goes as soon as the reply arrives). `--hold N` instead opens N idle \
             connections and keeps them open until stdin closes (for memory measurements).
-            """
+            """,
+        version: LengthEchoVersion.current
     )
 
     @Option(name: .long, help: "The server's address.")

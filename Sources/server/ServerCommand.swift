@@ -33,7 +33,8 @@ struct ServerCommand: AsyncParsableCommand {
             flag takes a list, a switch true or false) and an environment variable (LENGTH_ECHO_ and the name in \
             capitals, dashes as underscores: LENGTH_ECHO_MAX_CONNECTIONS; lists comma-separated). Flags win over \
             the environment, which wins over the file.
-            """
+            """,
+        version: LengthEchoVersion.current
     )
 
     @OptionGroup(title: "Listening")
