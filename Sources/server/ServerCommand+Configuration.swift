@@ -14,35 +14,43 @@ extension ServerCommand {
         /// Sets this key's value in the first command to the second's.
         let copy: (inout ServerCommand, ServerCommand) -> Void
 
+        /// A key whose value lives at `path`: copying it is the same for every kind.
+        private static func at<V>(
+            _ name: String, _ path: WritableKeyPath<ServerCommand, V>,
+            read: @escaping (inout ServerCommand, ConfigReader) throws -> Void,
+            show: @escaping (ServerCommand) -> String
+        ) -> Key {
+            Key(name: name, read: read, show: show, copy: { $0[keyPath: path] = $1[keyPath: path] })
+        }
+
         /// A single value (`port: 5`).
         static func value<T: ExpressibleByArgument>(_ name: String, _ path: WritableKeyPath<ServerCommand, T>) -> Key {
-            Key(
-                name: name,
+            Self.at(
+                name, path,
                 read: { command, reader in
                     command[keyPath: path] = try Self.parse(name, try reader.requiredString(forKey: .init(name)))
                 },
-                show: { $0[keyPath: path].defaultValueDescription }, copy: { $0[keyPath: path] = $1[keyPath: path] })
+                show: { $0[keyPath: path].defaultValueDescription })
         }
 
         /// A value that may be absent (`cert: server.pem`).
         static func optional<T: ExpressibleByArgument>(
             _ name: String, _ path: WritableKeyPath<ServerCommand, T?>, absent: String = "(none)"
         ) -> Key {
-            Key(
-                name: name,
+            Self.at(
+                name, path,
                 read: { command, reader in
                     command[keyPath: path] = try Self.parse(name, try reader.requiredString(forKey: .init(name)))
                 },
-                show: { $0[keyPath: path].map(\.defaultValueDescription) ?? absent },
-                copy: { $0[keyPath: path] = $1[keyPath: path] })
+                show: { $0[keyPath: path].map(\.defaultValueDescription) ?? absent })
         }
 
         /// A repeatable flag: a list, or one value as a list of one; comma-separated in the environment.
         static func list(
             _ name: String, _ path: WritableKeyPath<ServerCommand, [String]>, absent: String = "(none)"
         ) -> Key {
-            Key(
-                name: name,
+            Self.at(
+                name, path,
                 read: { command, reader in
                     let key = ConfigKey(name)
                     if let values = reader.stringArray(forKey: key) {
@@ -51,16 +59,15 @@ extension ServerCommand {
                         command[keyPath: path] = [try reader.requiredString(forKey: key)]
                     }
                 },
-                show: { $0[keyPath: path].isEmpty ? absent : $0[keyPath: path].joined(separator: ", ") },
-                copy: { $0[keyPath: path] = $1[keyPath: path] })
+                show: { $0[keyPath: path].isEmpty ? absent : $0[keyPath: path].joined(separator: ", ") })
         }
 
         /// A switch: `true` or `false`.
         static func flag(_ name: String, _ path: WritableKeyPath<ServerCommand, Bool>) -> Key {
-            Key(
-                name: name,
+            Self.at(
+                name, path,
                 read: { command, reader in command[keyPath: path] = try reader.requiredBool(forKey: .init(name)) },
-                show: { $0[keyPath: path] ? "true" : "false" }, copy: { $0[keyPath: path] = $1[keyPath: path] })
+                show: { $0[keyPath: path] ? "true" : "false" })
         }
 
         private static func parse<T: ExpressibleByArgument>(_ name: String, _ text: String) throws -> T {

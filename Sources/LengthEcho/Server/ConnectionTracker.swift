@@ -2,7 +2,7 @@ import Synchronization
 
 /// How many connections are open, so the server can cap them.
 ///
-/// One atomic counter, no lock and no per-connection bookkeeping here: each event loop's `ServerLoopState`
+/// Two atomics (the count, and the cap a reload may change), no lock and no per-connection bookkeeping here: each event loop's `ServerLoopState`
 /// knows its own connections, which is all a drain needs (a connection accepted during a drain is served).
 final class ConnectionTracker: Sendable {
     private let maximum: Atomic<Int>
