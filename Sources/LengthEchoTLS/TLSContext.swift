@@ -159,8 +159,21 @@ public final class TLSContext: @unchecked Sendable {
     /// A server context: TLS 1.2 and 1.3 (or 1.3 only), the intermediate ciphers, no renegotiation, no
     /// compression, session tickets and a session cache for resumption.
     ///
-    /// - Parameter ticketKeyLifetime: how long one session-ticket key issues tickets before the next takes
-    ///   over (its tickets are still accepted, and renewed, for as long again).
+    /// - Parameters:
+    ///   - certificateChain: the certificate chain's PEM file, leaf first.
+    ///   - privateKey: the private key's PEM file (unencrypted).
+    ///   - clientCA: the PEM file of the CA that signs client certificates.
+    ///   - clientAuthentication: whether clients are asked for a certificate, and whether one is required.
+    ///   - minimumVersion: the oldest TLS version accepted.
+    ///   - maximumVersion: the newest TLS version offered.
+    ///   - ticketKeyLifetime: how long one session-ticket key issues tickets before the next takes
+    ///     over (its tickets are still accepted, and renewed, for as long again).
+    ///   - requireALPN: refuse a client that offers no ALPN (one offering a list without `length-echo` is
+    ///     always refused).
+    ///   - keyLog: write every connection's secrets to the process's key log (`TLSKeyLog`).
+    ///   - allowedClients: which verified client certificates are accepted, by identity; empty: any.
+    ///   - revocation: the client CRLs to check, if any.
+    /// - Throws: `TLSError` saying which file or setting OpenSSL refused, and why.
     public static func server(
         certificateChain: String,
         privateKey: String,

@@ -17,7 +17,7 @@ struct BenchCommand: AsyncParsableCommand {
             `persistent` (the next message goes as soon as the reply arrives). `--hold N` instead opens N idle \
             connections and keeps them open until stdin closes (for memory measurements).
             """,
-        version: LengthEchoVersion.current
+        version: LengthEchoRelease.version
     )
 
     @Option(name: .long, help: "The server's address.")

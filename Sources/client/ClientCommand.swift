@@ -19,7 +19,7 @@ struct ClientCommand: AsyncParsableCommand {
             `client test_string` prints `11 : test_string`, as the original C client does. Several messages \
             get one reply per line, in order; `-` reads messages from standard input, one per line.
             """,
-        version: LengthEchoVersion.current
+        version: LengthEchoRelease.version
     )
 
     @Argument(help: "Messages to send; `-` reads them from standard input, one per line.")

@@ -34,7 +34,7 @@ struct ServerCommand: AsyncParsableCommand {
             capitals, dashes as underscores: LENGTH_ECHO_MAX_CONNECTIONS; lists comma-separated). Flags win over \
             the environment, which wins over the file.
             """,
-        version: LengthEchoVersion.current
+        version: LengthEchoRelease.version
     )
 
     @OptionGroup(title: "Listening")

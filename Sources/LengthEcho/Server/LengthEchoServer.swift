@@ -173,8 +173,10 @@ public final class LengthEchoServer: Sendable {
 
     /// Binds every configured address and starts accepting.
     ///
-    /// - Parameter group: the event loops to run on; by default the server makes one thread per core and
-    ///   shuts them down with itself.
+    /// - Parameters:
+    ///   - configuration: what to serve and how; checked with `ServerConfiguration.validate()` first.
+    ///   - group: the event loops to run on; by default the server makes one thread per core and
+    ///     shuts them down with itself.
     /// - Throws: `LengthEchoError.bindFailed` with the reason a user can act on (port in use, permission,
     ///   no such address).
     public static func start(

@@ -30,9 +30,16 @@ public final class StatusServer: Sendable {
         self.channel = channel
     }
 
-    /// Serves the status of `server` on `address`, on the server's event loops.
+    /// Serves the status of `server` on `host` and `port`, on the server's event loops.
     ///
-    /// - Parameter metrics: the body of `/metrics` (its content type is `metricsContentType`).
+    /// - Parameters:
+    ///   - server: the server whose health and readiness `/healthz` and `/readyz` report.
+    ///   - host: the address to listen on (a name is resolved once).
+    ///   - port: the port to listen on; 0 lets the system pick one.
+    ///   - metricsContentType: the content type of `/metrics`' answers.
+    ///   - limits: the status port's own connection cap, head limits and deadlines.
+    ///   - metrics: the body of `/metrics`, made for each request.
+    /// - Throws: `LengthEchoError.bindFailed` when it cannot listen there.
     public static func start(
         for server: LengthEchoServer,
         host: String,
