@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0", traits: ["YAML"]),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
+        // `swift package generate-documentation` (scripts/docs.sh): the library's DocC reference.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin.git", from: "1.5.0"),
     ],
     targets: [
         // C glue: the system OpenSSL, plus static inline shims for the macros Swift cannot import.
@@ -107,6 +109,12 @@ let package = Package(
             dependencies: ["LengthEcho"],
             path: "Examples/library-example"
         ),
+        // The DocC catalog's TLS example, verbatim (a test checks the article against it and runs it).
+        .executableTarget(
+            name: "tls-example",
+            dependencies: ["LengthEcho"],
+            path: "Examples/tls-example"
+        ),
         // Test support shared by the test targets: certificates from scripts/gen-certs.sh, processes.
         .target(
             name: "LengthEchoTestSupport",
@@ -147,6 +155,7 @@ let package = Package(
                 "client",
                 "bench",
                 "library-example",
+                "tls-example",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
