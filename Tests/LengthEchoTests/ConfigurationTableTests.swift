@@ -4,13 +4,13 @@ import Testing
 
 @testable import server
 
-/// The README's table of keys is the server's: every key, in order, with the default `--check-config` prints and
+/// The table of keys in docs/server.md is the server's: every key, in order, with the default `--check-config` prints and
 /// what a reload does with it. It cannot drift from the options.
-@Suite("The README's configuration table")
+@Suite("The configuration table in docs/server.md")
 struct ConfigurationTableTests {
     @Test("every key, its default and what a reload applies, as the server has them")
     func table() throws {
-        let readme = try String(contentsOfFile: TestCertificates.packageRoot + "/README.md", encoding: .utf8)
+        let readme = try String(contentsOfFile: TestCertificates.packageRoot + "/docs/server.md", encoding: .utf8)
         let rows = readme.split(separator: "\n").filter { $0.hasPrefix("| `") }.compactMap { row -> [String]? in
             let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
             guard cells.count == 3, cells[0].hasPrefix("`"),
