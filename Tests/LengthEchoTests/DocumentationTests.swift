@@ -40,4 +40,22 @@ struct DocumentationTests {
         #expect(Set(names) == families)
         #expect(names.count == families.count)
     }
+
+    @Test(
+        "the client's and bench's flags in docs/client-and-bench.md are what --help prints",
+        arguments: ["client", "bench"])
+    func flags(_ program: String) async throws {
+        let text = try String(
+            contentsOfFile: TestCertificates.packageRoot + "/docs/client-and-bench.md", encoding: .utf8)
+        let heading = try #require(
+            text.range(of: "### Every flag of " + (program == "client" ? "the client" : "bench")))
+        let open = try #require(text.range(of: "```\n", range: heading.upperBound..<text.endIndex))
+        let close = try #require(text.range(of: "\n```", range: open.upperBound..<text.endIndex))
+        let help = try Executable(program, ["--help"])
+        #expect(await help.exitStatus() == 0)
+        let options = try #require(help.stdout.range(of: "OPTIONS:"))
+        #expect(
+            String(text[open.upperBound..<close.lowerBound])
+                == help.stdout[options.lowerBound...].trimmingCharacters(in: .newlines))
+    }
 }
