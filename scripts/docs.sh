@@ -16,10 +16,11 @@ swift package --disable-sandbox --allow-writing-to-directory "$out" generate-doc
     echo "docs.sh: the DocC build failed (all of it: $out.log)" >&2
     exit 1
 }
-# Every public type has a page (the symbol graph leaves out some names; see Sources/LengthEcho/Version.swift).
+# The pages at the top of each module: its types, and the articles (16 types and getting started at 1.0.0; a
+# type the symbol graph leaves out would be missing here, see Sources/LengthEcho/Version.swift).
 pages=0
 for page in "$out"/data/documentation/lengthecho*/*.json; do pages=$((pages + 1)); done
-echo "docs.sh: $out holds $pages pages"
+echo "docs.sh: $out holds $pages top-level pages"
 
 echo "docs.sh: manual pages"
 scripts/man-pages.sh "$out/man" 2>"$out/man.log" || { cat "$out/man.log" >&2; exit 1; }
