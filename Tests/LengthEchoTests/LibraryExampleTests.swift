@@ -6,19 +6,16 @@ import Testing
 /// package, word for word, which imports `LengthEcho` alone and runs.
 @Suite("The library examples", .timeLimit(.minutes(1)))
 struct LibraryExampleTests {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
-
     /// The Swift blocks of a Markdown file, in order.
     static func swiftBlocks(_ path: String) throws -> [String] {
-        let text = try String(contentsOf: Self.root.appendingPathComponent(path), encoding: .utf8)
+        let text = try String(contentsOfFile: TestCertificates.packageRoot + "/" + path, encoding: .utf8)
         return text.components(separatedBy: "```swift\n").dropFirst().compactMap {
             $0.components(separatedBy: "```").first
         }
     }
 
     static func source(_ example: String) throws -> String {
-        try String(contentsOf: Self.root.appendingPathComponent("Examples/\(example)/main.swift"), encoding: .utf8)
+        try String(contentsOfFile: TestCertificates.packageRoot + "/Examples/\(example)/main.swift", encoding: .utf8)
     }
 
     @Test("the README's block and the article's first are Examples/library-example, which imports LengthEcho and runs")
